@@ -1,6 +1,7 @@
 """The Accelerator top: host byte streams in and out, controller, array, memories.
 
-PLACEHOLDER while the controller lands: it echoes every input byte. The
+PLACEHOLDER while the controller lands: it echoes every input byte through
+a one-byte register (so it has the final ``clk``/``rst`` ports). The
 signature is final: ``i`` takes the host's bytes (instructions and payloads,
 see ``rtl/isa.py``), ``o`` gives the replies.
 """
@@ -26,9 +27,9 @@ class Accelerator(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.d.comb += [
-            self.o.payload.eq(self.i.payload),
-            self.o.valid.eq(self.i.valid),
-            self.i.ready.eq(self.o.ready),
-        ]
+        m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [self.o.payload.eq(self.i.payload), self.o.valid.eq(1)]
         return m
