@@ -169,9 +169,9 @@ class Geometry:
             raise ValueError(f"dataflow must be 'ws' or 'os', not {self.dataflow!r}")
         if self.input_width not in (4, 8, 16):
             raise ValueError(f"input_width must be 4, 8 or 16, not {self.input_width!r}")
-        if not 2 * self.input_width <= self.acc_width <= 64:
-            raise ValueError(f"acc_width must be from {2 * self.input_width} to 64, "
-                             f"not {self.acc_width!r}")
+        if not (2 * self.input_width <= self.acc_width <= 64 and self.acc_width % 8 == 0):
+            raise ValueError(f"acc_width must be a multiple of 8 from {2 * self.input_width} "
+                             f"to 64, not {self.acc_width!r}")
         if not isinstance(self.banks, int) or self.banks not in (1, 2, 4, 8):
             raise ValueError(f"banks must be 1, 2, 4 or 8, not {self.banks!r}")
         for name, depth in (("scratchpad_kib", self.sp_depth), ("accumulator_kib", self.acc_depth)):

@@ -1,9 +1,8 @@
 """The Accelerator top: host byte streams in and out, controller, array, memories.
 
-PLACEHOLDER while the controller lands: it echoes every input byte through
-a one-byte register (so it has the final ``clk``/``rst`` ports). The
-signature is final: ``i`` takes the host's bytes (instructions and payloads,
-see ``rtl/isa.py``), ``o`` gives the replies.
+``i`` takes the host's bytes (instruction words and their payloads, see
+``rtl/isa.py``); ``o`` gives the replies. A UART host link (``boards/``) or a
+testbench drives these two streams.
 """
 
 from amaranth import *
@@ -11,11 +10,22 @@ from amaranth.lib import wiring, stream
 from amaranth.lib.wiring import In, Out
 
 from .isa import Geometry
+from .array import SystolicArray
+from .memory import BankedMemory
+from .requant import Requantizer
+from .controller import Controller
 
 __all__ = ["Accelerator"]
 
 
 class Accelerator(wiring.Component):
+    """Members
+    -------
+    i : In(stream.Signature(8))
+    o : Out(stream.Signature(8))
+    busy : Out(1)   the controller has work in flight (for a status LED)
+    """
+
     def __init__(self, geometry: Geometry):
         if not isinstance(geometry, Geometry):
             raise TypeError(f"geometry must be an rtl.isa.Geometry, not {geometry!r}")
@@ -23,13 +33,26 @@ class Accelerator(wiring.Component):
         super().__init__({
             "i": In(stream.Signature(8)),
             "o": Out(stream.Signature(8)),
+            "busy": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
-        with m.If(self.o.valid & self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
-        with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [self.o.payload.eq(self.i.payload), self.o.valid.eq(1)]
+        g = self.geometry
+        m.submodules.scratchpad = scratchpad = BankedMemory(
+            width=g.sp_lanes * g.input_width, depth=g.sp_depth, banks=g.banks, read_ports=2)
+        m.submodules.accumulator = accumulator = BankedMemory(
+            width=g.cols * g.acc_width, depth=g.acc_depth, banks=g.banks, read_ports=1,
+            transparent=True)
+        m.submodules.array = array = SystolicArray(
+            g.rows, g.cols, dataflow=g.dataflow, input_width=g.input_width,
+            acc_width=g.acc_width, tag_width=33)
+        m.submodules.requantizer = requantizer = Requantizer(
+            input_width=g.input_width, acc_width=g.acc_width)
+        m.submodules.controller = controller = Controller(
+            g, scratchpad=scratchpad, accumulator=accumulator, array=array,
+            requantizer=requantizer)
+        wiring.connect(m, wiring.flipped(self.i), controller.i)
+        wiring.connect(m, controller.o, wiring.flipped(self.o))
+        m.d.comb += self.busy.eq(controller.busy)
         return m

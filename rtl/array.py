@@ -1,0 +1,175 @@
+"""The systolic array: a rows x cols grid of PEs with input skew and output deskew.
+
+Weight-stationary (``dataflow="ws"``): the array holds a weight tile
+``W[rows, cols]``. One beat carries an activation row ``a[rows]``;
+``latency`` cycles later the array gives ``c[j] = sum_i a[i] * W[i, j]``.
+Weights are written row by row into shadow registers (``w_load``) while the
+previous tile streams; the beat with ``in_swap`` switches to them.
+
+Output-stationary (``dataflow="os"``): beat ``t`` carries the column ``a[rows]``
+of ``A[:, t]`` and the row ``b[cols]`` of ``B[t, :]``; every PE accumulates its
+``C[i, j]``. ``in_first`` starts a tile and ``in_last`` ends it; the finished
+tile leaves the array ``rows + cols - 1`` cycles after the last beat, one row a
+cycle, bottom row first (``out_row`` says which). Two last beats must be at
+least ``os_spacing`` cycles apart so the result chain is free.
+
+Both: ``in_tag`` travels with a beat (WS) or with the last beat (OS) and comes
+out as ``out_tag`` beside the results it belongs to.
+"""
+
+import operator
+
+from amaranth import *
+from amaranth.lib import wiring, data
+from amaranth.lib.wiring import In, Out
+
+from .pe import WeightStationaryPE, OutputStationaryPE
+
+__all__ = ["SystolicArray"]
+
+
+def _delay(m, signal, cycles, name):
+    """``signal`` delayed by ``cycles`` registers (0: the signal itself)."""
+    for n in range(cycles):
+        reg = Signal.like(signal, name=f"{name}_d{n + 1}")
+        m.d.sync += reg.eq(signal)
+        signal = reg
+    return signal
+
+
+class SystolicArray(wiring.Component):
+    """Members (WS)
+    ------------
+    in_valid, in_swap : In(1); in_a : In(ArrayLayout(signed(input_width), rows))
+    in_tag : In(tag_width)
+    w_load : In(1); w_row : In(range(rows)); w_data : In(ArrayLayout(signed(input_width), cols))
+    out_valid : Out(1); out_c : Out(ArrayLayout(signed(acc_width), cols)); out_tag : Out(tag_width)
+
+    Members (OS)
+    ------------
+    in_valid, in_first, in_last : In(1); in_a (rows lanes), in_b (cols lanes); in_tag
+    out_valid, out_c, out_tag as above; out_row : Out(range(rows))
+    """
+
+    def __init__(self, rows, cols, *, dataflow="ws", input_width=8, acc_width=32, tag_width=1):
+        self.rows = operator.index(rows)
+        self.cols = operator.index(cols)
+        for name, value in (("rows", self.rows), ("cols", self.cols)):
+            if not 1 <= value <= 64:
+                raise ValueError(f"{name} must be from 1 to 64, not {value!r}")
+        if dataflow not in ("ws", "os"):
+            raise ValueError(f"dataflow must be 'ws' or 'os', not {dataflow!r}")
+        self.dataflow = dataflow
+        self.input_width = operator.index(input_width)
+        self.acc_width = operator.index(acc_width)
+        self.tag_width = operator.index(tag_width)
+        iw, aw = self.input_width, self.acc_width
+        ports = {
+            "in_valid": In(1),
+            "in_a": In(data.ArrayLayout(signed(iw), self.rows)),
+            "in_tag": In(self.tag_width),
+            "out_valid": Out(1),
+            "out_c": Out(data.ArrayLayout(signed(aw), self.cols)),
+            "out_tag": Out(self.tag_width),
+        }
+        if dataflow == "ws":
+            ports.update({
+                "in_swap": In(1),
+                "w_load": In(1),
+                "w_row": In(range(self.rows)),
+                "w_data": In(data.ArrayLayout(signed(iw), self.cols)),
+            })
+        else:
+            ports.update({
+                "in_b": In(data.ArrayLayout(signed(iw), self.cols)),
+                "in_first": In(1),
+                "in_last": In(1),
+                "out_row": Out(range(self.rows)),
+            })
+        super().__init__(ports)
+
+    @property
+    def latency(self) -> int:
+        """Cycles from a beat to its first result row."""
+        return self.rows + self.cols - 1
+
+    @property
+    def os_spacing(self) -> int:
+        """OS: the fewest cycles between two last beats."""
+        return 2 * self.rows + self.cols - 1
+
+    def elaborate(self, platform):
+        if self.dataflow == "ws":
+            return self._elaborate_ws()
+        return self._elaborate_os()
+
+    def _elaborate_ws(self):
+        m = Module()
+        rows, cols = self.rows, self.cols
+        pes = [[WeightStationaryPE(input_width=self.input_width, acc_width=self.acc_width)
+                for _ in range(cols)] for _ in range(rows)]
+        for i in range(rows):
+            a = _delay(m, self.in_a[i], i, f"skew_a{i}")
+            valid = _delay(m, self.in_valid, i, f"skew_v{i}")
+            swap = _delay(m, self.in_swap, i, f"skew_s{i}")
+            for j in range(cols):
+                pe = pes[i][j]
+                m.submodules[f"pe_{i}_{j}"] = pe
+                m.d.comb += [
+                    pe.a_in.eq(a), pe.valid_in.eq(valid), pe.swap_in.eq(swap),
+                    pe.psum_in.eq(pes[i - 1][j].psum_out if i else 0),
+                    pe.w_load.eq(self.w_load & (self.w_row == i)),
+                    pe.w_data.eq(self.w_data[j]),
+                ]
+                a, valid, swap = pe.a_out, pe.valid_out, pe.swap_out
+        for j in range(cols):
+            m.d.comb += self.out_c[j].eq(_delay(m, pes[rows - 1][j].psum_out, cols - 1 - j,
+                                                f"deskew_c{j}"))
+        m.d.comb += [
+            self.out_valid.eq(_delay(m, self.in_valid, self.latency, "out_valid")),
+            self.out_tag.eq(_delay(m, self.in_tag, self.latency, "out_tag")),
+        ]
+        return m
+
+    def _elaborate_os(self):
+        m = Module()
+        rows, cols = self.rows, self.cols
+        pes = [[OutputStationaryPE(input_width=self.input_width, acc_width=self.acc_width)
+                for _ in range(cols)] for _ in range(rows)]
+        shift = Signal()
+        b_top = [_delay(m, self.in_b[j], j, f"skew_b{j}") for j in range(cols)]
+        for i in range(rows):
+            a = _delay(m, self.in_a[i], i, f"skew_a{i}")
+            valid = _delay(m, self.in_valid, i, f"skew_v{i}")
+            first = _delay(m, self.in_first, i, f"skew_f{i}")
+            last = _delay(m, self.in_last, i, f"skew_l{i}")
+            for j in range(cols):
+                pe = pes[i][j]
+                m.submodules[f"pe_{i}_{j}"] = pe
+                m.d.comb += [
+                    pe.a_in.eq(a), pe.valid_in.eq(valid),
+                    pe.first_in.eq(first), pe.last_in.eq(last),
+                    pe.b_in.eq(pes[i - 1][j].b_out if i else b_top[j]),
+                    pe.shift.eq(shift),
+                    pe.result_in.eq(pes[i - 1][j].result if i else 0),
+                ]
+                a, valid, first, last = pe.a_out, pe.valid_out, pe.first_out, pe.last_out
+
+        # The last beat's results are all in place latency cycles after it.
+        done = _delay(m, self.in_valid & self.in_last, self.latency, "done")
+        done_tag = _delay(m, self.in_tag, self.latency, "done_tag")
+        remaining = Signal(range(rows + 1))
+        held_tag = Signal(self.tag_width)
+        m.d.comb += shift.eq(done | (remaining != 0))
+        with m.If(done):
+            m.d.sync += [remaining.eq(rows - 1), held_tag.eq(done_tag)]
+        with m.Elif(remaining != 0):
+            m.d.sync += remaining.eq(remaining - 1)
+        m.d.comb += [
+            self.out_valid.eq(shift),
+            self.out_row.eq(Mux(done, rows - 1, remaining - 1)),
+            self.out_tag.eq(Mux(done, done_tag, held_tag)),
+        ]
+        for j in range(cols):
+            m.d.comb += self.out_c[j].eq(pes[rows - 1][j].result)
+        return m

@@ -1,0 +1,84 @@
+"""Banked on-chip memories: the scratchpad (operand rows) and the accumulator (result rows).
+
+Each bank is an ``amaranth.lib.memory.Memory`` with synchronous read ports, so
+Yosys maps it to block RAM. Banks are interleaved: row ``addr`` lives in bank
+``addr % banks`` at ``addr // banks``, so a stream of consecutive rows visits
+every bank in turn.
+"""
+
+import operator
+
+from amaranth import *
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["BankedMemory"]
+
+
+class BankedMemory(wiring.Component):
+    """``depth`` rows of ``width`` bits in ``banks`` banks.
+
+    One write port and ``read_ports`` read ports. A read returns its row one
+    cycle after ``r{n}_en`` with ``r{n}_addr``; with ``transparent=True`` a read
+    of the row being written in the same cycle returns the new data (the
+    accumulator's read-modify-write relies on it).
+
+    Members
+    -------
+    w_en : In(1), w_addr : In(range(depth)), w_data : In(width)
+    r0_en, r0_addr, r0_data (and r1_*, ...) : the read ports
+    """
+
+    def __init__(self, *, width, depth, banks=1, read_ports=1, transparent=False):
+        self.width = operator.index(width)
+        self.depth = operator.index(depth)
+        self.banks = operator.index(banks)
+        self.read_ports = operator.index(read_ports)
+        self.transparent = bool(transparent)
+        if self.banks not in (1, 2, 4, 8):
+            raise ValueError(f"banks must be 1, 2, 4 or 8, not {self.banks!r}")
+        if self.depth < self.banks or self.depth % self.banks:
+            raise ValueError(f"depth must be a positive multiple of banks ({self.banks}), "
+                             f"not {self.depth!r}")
+        if not 1 <= self.read_ports <= 4:
+            raise ValueError(f"read_ports must be from 1 to 4, not {self.read_ports!r}")
+        ports = {"w_en": In(1), "w_addr": In(range(self.depth)), "w_data": In(self.width)}
+        for n in range(self.read_ports):
+            ports.update({f"r{n}_en": In(1), f"r{n}_addr": In(range(self.depth)),
+                          f"r{n}_data": Out(self.width)})
+        super().__init__(ports)
+
+    def read_port(self, n):
+        return getattr(self, f"r{n}_en"), getattr(self, f"r{n}_addr"), getattr(self, f"r{n}_data")
+
+    def elaborate(self, platform):
+        m = Module()
+        bank_bits = (self.banks - 1).bit_length()
+        bank_depth = self.depth // self.banks
+
+        def split(addr):
+            return addr[:bank_bits] if bank_bits else C(0, 1), addr[bank_bits:]
+
+        w_bank, w_local = split(self.w_addr)
+        readers = [[] for _ in range(self.read_ports)]
+        for b in range(self.banks):
+            mem = Memory(shape=unsigned(self.width), depth=bank_depth, init=[])
+            m.submodules[f"bank{b}"] = mem
+            wp = mem.write_port()
+            m.d.comb += [wp.addr.eq(w_local), wp.data.eq(self.w_data),
+                         wp.en.eq(self.w_en & (w_bank == b))]
+            for n in range(self.read_ports):
+                rp = mem.read_port(transparent_for=(wp,) if self.transparent else ())
+                en, addr, _ = self.read_port(n)
+                r_bank, r_local = split(addr)
+                m.d.comb += [rp.addr.eq(r_local), rp.en.eq(en & (r_bank == b))]
+                readers[n].append(rp.data)
+        for n in range(self.read_ports):
+            en, addr, data = self.read_port(n)
+            r_bank, _ = split(addr)
+            last_bank = Signal.like(r_bank, name=f"r{n}_last_bank")
+            with m.If(en):
+                m.d.sync += last_bank.eq(r_bank)
+            m.d.comb += data.eq(Array(readers[n])[last_bank] if self.banks > 1 else readers[n][0])
+        return m

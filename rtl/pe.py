@@ -1,0 +1,112 @@
+"""Processing elements of the systolic array, one per dataflow."""
+
+import operator
+
+from amaranth import *
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["WeightStationaryPE", "OutputStationaryPE"]
+
+
+def _check_widths(input_width, acc_width):
+    input_width = operator.index(input_width)
+    acc_width = operator.index(acc_width)
+    if input_width not in (4, 8, 16):
+        raise ValueError(f"input_width must be 4, 8 or 16, not {input_width!r}")
+    if not 2 * input_width <= acc_width <= 64:
+        raise ValueError(f"acc_width must be from {2 * input_width} to 64, not {acc_width!r}")
+    return input_width, acc_width
+
+
+class WeightStationaryPE(wiring.Component):
+    """A weight-stationary PE: ``psum_out <= psum_in + a_in * weight``.
+
+    The weight is double-buffered. ``w_load`` writes ``w_data`` into the shadow
+    register; the beat that carries ``swap_in`` multiplies with the shadow and
+    makes it the active weight, so the next tile's weights load while the
+    current tile still streams. Activations and their flags pass to the right
+    and partial sums downwards, each through one register.
+
+    Members
+    -------
+    a_in, a_out : signed(input_width)      activation from the left / to the right
+    valid_in, valid_out, swap_in, swap_out : 1
+    psum_in, psum_out : signed(acc_width)  partial sum from above / below
+    w_load : In(1), w_data : In(signed(input_width))
+    """
+
+    def __init__(self, *, input_width=8, acc_width=32):
+        self.input_width, self.acc_width = _check_widths(input_width, acc_width)
+        iw, aw = self.input_width, self.acc_width
+        super().__init__({
+            "a_in": In(signed(iw)), "valid_in": In(1), "swap_in": In(1),
+            "a_out": Out(signed(iw)), "valid_out": Out(1), "swap_out": Out(1),
+            "psum_in": In(signed(aw)), "psum_out": Out(signed(aw)),
+            "w_load": In(1), "w_data": In(signed(iw)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        shadow = Signal(signed(self.input_width))
+        active = Signal(signed(self.input_width))
+        weight = Mux(self.swap_in, shadow, active)
+        with m.If(self.w_load):
+            m.d.sync += shadow.eq(self.w_data)
+        with m.If(self.valid_in & self.swap_in):
+            m.d.sync += active.eq(shadow)
+        m.d.sync += [
+            self.a_out.eq(self.a_in),
+            self.valid_out.eq(self.valid_in),
+            self.swap_out.eq(self.valid_in & self.swap_in),
+            self.psum_out.eq(self.psum_in + self.a_in * weight),
+        ]
+        return m
+
+
+class OutputStationaryPE(wiring.Component):
+    """An output-stationary PE: accumulates ``a_in * b_in`` in place.
+
+    ``first_in`` starts a new sum; on ``last_in`` the finished sum is copied to
+    the result register, so the next tile can accumulate while the results
+    shift down the column (``shift``: ``result <= result_in``).
+
+    Members
+    -------
+    a_in, a_out : signed(input_width)  activation from the left / to the right
+    valid_in, first_in, last_in (and the *_out registers) : 1
+    b_in, b_out : signed(input_width)  operand from above / below
+    shift : In(1)
+    result_in, result : signed(acc_width)  the result chain from above / this PE's result
+    """
+
+    def __init__(self, *, input_width=8, acc_width=32):
+        self.input_width, self.acc_width = _check_widths(input_width, acc_width)
+        iw, aw = self.input_width, self.acc_width
+        super().__init__({
+            "a_in": In(signed(iw)), "valid_in": In(1), "first_in": In(1), "last_in": In(1),
+            "a_out": Out(signed(iw)), "valid_out": Out(1), "first_out": Out(1), "last_out": Out(1),
+            "b_in": In(signed(iw)), "b_out": Out(signed(iw)),
+            "shift": In(1),
+            "result_in": In(signed(aw)), "result": Out(signed(aw)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        acc = Signal(signed(self.acc_width))
+        total = Signal(signed(self.acc_width))
+        m.d.comb += total.eq(Mux(self.first_in, 0, acc) + self.a_in * self.b_in)
+        with m.If(self.valid_in):
+            m.d.sync += acc.eq(total)
+        with m.If(self.valid_in & self.last_in):
+            m.d.sync += self.result.eq(total)
+        with m.Elif(self.shift):
+            m.d.sync += self.result.eq(self.result_in)
+        m.d.sync += [
+            self.a_out.eq(self.a_in),
+            self.b_out.eq(self.b_in),
+            self.valid_out.eq(self.valid_in),
+            self.first_out.eq(self.first_in),
+            self.last_out.eq(self.last_in),
+        ]
+        return m
