@@ -14,7 +14,7 @@ def torch_requant(acc, bias, mult, shift, input_width):
     can pass 2**63, so those lanes are done with Python integers."""
     lo, hi = -(1 << (input_width - 1)), (1 << (input_width - 1)) - 1
     x = acc.to(torch.int64) + bias.to(torch.int64)
-    if int(x.abs().max()) < (1 << 46):
+    if int(x.abs().max()) < (1 << 46) and shift < 62:
         y = torch.div(x * mult + ((1 << shift) >> 1), 1 << shift, rounding_mode="floor")
         return y.clamp(lo, hi)
     y = [(v * mult + ((1 << shift) >> 1)) >> shift for v in x.tolist()]
