@@ -15,11 +15,9 @@ always takes replies) up to and including the one that sends the last reply byte
 
 from dataclasses import dataclass
 
-from rtl.isa import Geometry, Instruction, Opcode, Flags, INSTRUCTION_BYTES
+from rtl.isa import Geometry, Opcode, Flags, INSTRUCTION_BYTES, REQUANT_LATENCY
 
-__all__ = ["CycleReport", "cycle_report", "REQUANT_LATENCY"]
-
-REQUANT_LATENCY = 4  # rtl.requant.Requantizer.LATENCY (rtl/ is not imported for speed)
+__all__ = ["CycleReport", "cycle_report"]
 
 
 @dataclass(frozen=True)
@@ -54,13 +52,13 @@ def cycle_report(program, geometry: Geometry) -> CycleReport:
     """Model ``program`` (a firmware Program or a list of rtl.isa.Instruction)."""
     g = geometry
     rows, cols = g.rows, g.cols
-    latency = rows + cols - 1                     # SystolicArray.latency
+    latency = g.array_latency
     if g.dataflow == "ws":
         drain = latency + 2                       # array + write-back after the last beat
     else:
-        drain = latency + rows + 1
-    guard = rows + cols                           # Controller.swap_guard()
-    spacing = 2 * rows + cols - 1                 # SystolicArray.os_spacing
+        drain = latency + rows + 1                # + the result chain
+    guard = g.swap_guard
+    spacing = g.os_spacing
     row_period = cols + 2 + REQUANT_LATENCY       # ACC_READ, ACC_WAIT, LANES, FLUSH -> EMIT
 
     t = 0                   # cycle at which the front end is in FETCH, ready for a byte

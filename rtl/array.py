@@ -90,12 +90,12 @@ class SystolicArray(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """Cycles from a beat to its first result row."""
+        """Cycles from a beat to its first result row (``Geometry.array_latency``)."""
         return self.rows + self.cols - 1
 
     @property
     def os_spacing(self) -> int:
-        """OS: the fewest cycles between two last beats."""
+        """OS: the fewest cycles between two last beats (``Geometry.os_spacing``)."""
         return 2 * self.rows + self.cols - 1
 
     def elaborate(self, platform):

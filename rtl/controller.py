@@ -20,7 +20,7 @@ from amaranth import *
 from amaranth.lib import wiring, stream, data
 from amaranth.lib.wiring import In, Out
 
-from .isa import Geometry, INSTRUCTION, INSTRUCTION_BYTES, Opcode, Flags
+from .isa import Geometry, INSTRUCTION, INSTRUCTION_BYTES, Opcode, Flags, REQUANT_LATENCY
 from .requant import Requantizer
 
 __all__ = ["Controller"]
@@ -36,10 +36,6 @@ class Controller(wiring.Component):
     The controller drives the ports of the blocks it is given; the
     ``Accelerator`` top adds them to the design.
     """
-
-    # Cycles the WS shadow weights stay reserved after a tile starts streaming.
-    def swap_guard(self):
-        return self.geometry.rows + self.geometry.cols
 
     def __init__(self, geometry: Geometry, *, scratchpad, accumulator, array, requantizer):
         self.geometry = geometry
@@ -59,6 +55,8 @@ class Controller(wiring.Component):
         rows, cols, iw, aw = g.rows, g.cols, g.input_width, g.acc_width
         sp, acc, arr, rq = self.scratchpad, self.accumulator, self.array, self.requantizer
         latency = arr.latency
+        assert latency == g.array_latency and arr.os_spacing == g.os_spacing
+        assert rq.LATENCY == REQUANT_LATENCY
 
         # ---------------------------------------------------------------- engine
         EMPTY, PENDING, LOADING, LOADED = range(4)
@@ -84,7 +82,7 @@ class Controller(wiring.Component):
         if g.dataflow == "ws":
             last_beat = streaming & (beat == cur.count0 - 1)
             # Shadow weights: free once the tile that took them is far enough in.
-            guard = Signal(range(self.swap_guard() + 1))
+            guard = Signal(range(g.swap_guard + 1))
             load_row = Signal(16)
             w_write = Signal()
             w_row = Signal(range(rows))
@@ -111,7 +109,7 @@ class Controller(wiring.Component):
                         m.d.sync += slot_state.eq(LOADED)
             start = (slot_state == LOADED) & (~streaming | last_beat)
             with m.If(start):
-                m.d.sync += [slot_state.eq(EMPTY), guard.eq(self.swap_guard())]
+                m.d.sync += [slot_state.eq(EMPTY), guard.eq(g.swap_guard)]
             m.d.sync += [
                 a_first.eq(streaming & (beat == 0)),
                 a_k.eq(cur.count1),

@@ -54,8 +54,11 @@ from amaranth.lib import data, enum
 
 __all__ = [
     "Opcode", "Flags", "INSTRUCTION", "INSTRUCTION_BYTES", "Instruction",
-    "encode", "decode", "Geometry",
+    "encode", "decode", "Geometry", "REQUANT_LATENCY",
 ]
+
+# Timing contract: the RTL is built from these and firmware/cycles.py models them.
+REQUANT_LATENCY = 4   # registered stages of the requantizer (one lane a cycle)
 
 INSTRUCTION_BYTES = 16
 
@@ -181,6 +184,21 @@ class Geometry:
             if depth > 65536:
                 raise ValueError(f"{name}={getattr(self, name)!r} holds {depth} rows; "
                                  f"instructions address at most 65536")
+
+    @property
+    def array_latency(self) -> int:
+        """Cycles from a beat entering the array to its (first) result row leaving it."""
+        return self.rows + self.cols - 1
+
+    @property
+    def os_spacing(self) -> int:
+        """OS: fewest cycles between the last beats of two tiles (the result chain drains)."""
+        return 2 * self.rows + self.cols - 1
+
+    @property
+    def swap_guard(self) -> int:
+        """WS: cycles the shadow weights stay reserved after a tile starts streaming."""
+        return self.rows + self.cols
 
     @property
     def sp_lanes(self) -> int:

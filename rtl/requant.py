@@ -17,6 +17,8 @@ from amaranth import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from .isa import REQUANT_LATENCY
+
 __all__ = ["Requantizer"]
 
 
@@ -28,7 +30,7 @@ class Requantizer(wiring.Component):
     out_valid : Out(1); out_raw : Out(signed(acc_width)); out_q : Out(signed(input_width))
     """
 
-    LATENCY = 4
+    LATENCY = REQUANT_LATENCY
 
     def __init__(self, *, input_width=8, acc_width=32, mult_width=16, shift_width=6):
         self.input_width = operator.index(input_width)
