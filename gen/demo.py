@@ -1,0 +1,161 @@
+"""``python -m gen.demo --config configs/default.toml`` (what ``make demo`` runs).
+
+Takes a config as far as Tandem goes, one step after another:
+
+1. ``verilog``   elaborate the Accelerator and write ``build/NAME/top.v`` (gen.build)
+2. ``simulate``  run a random int8 matmul on the simulated RTL (the fastest backend,
+                 or ``--backend``/``TANDEM_SIM``), check it against torch exactly, and
+                 print cycles and array utilization (and the cycle model's count)
+
+Hook for the FPGA flow: append steps with :func:`add_step` (``synth``, ``pnr``,
+``bitstream``, ...); each is ``fn(ctx: DemoContext) -> None``, runs after the ones
+before it, reads and writes ``ctx.outputs`` and raises :class:`DemoError` with one
+line to stop the demo. A user error is one line on stderr and exit 2; a wrong
+result is exit 1.
+"""
+
+import argparse
+from dataclasses import dataclass, field
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+from .config import ConfigError, load_config, Config
+
+__all__ = ["DemoContext", "DemoError", "STEPS", "add_step", "main"]
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+class DemoError(RuntimeError):
+    """Stops the demo; the message is one line for the user."""
+
+
+@dataclass
+class DemoContext:
+    config: Config
+    out: pathlib.Path                 # build/NAME: every step's outputs go here
+    args: argparse.Namespace
+    outputs: dict = field(default_factory=dict)   # step name -> whatever it produced
+    stages: dict = field(default_factory=dict)    # for manifest.json
+
+
+STEPS: list = []   # [(name, fn)] in order
+
+
+def add_step(name: str, fn, *, after: str | None = None) -> None:
+    """Register a demo step; at the end, or right after the step named ``after``."""
+    if any(n == name for n, _ in STEPS):
+        raise ValueError(f"demo step {name!r} already exists")
+    index = len(STEPS)
+    if after is not None:
+        names = [n for n, _ in STEPS]
+        if after not in names:
+            raise ValueError(f"no demo step {after!r}; steps: {', '.join(names)}")
+        index = names.index(after) + 1
+    STEPS.insert(index, (name, fn))
+
+
+def _say(step: str, message: str):
+    print(f"[{step}] {message}", flush=True)
+
+
+def step_verilog(ctx: DemoContext):
+    from .build import generate_verilog, write_manifest
+    start = time.monotonic()
+    path = generate_verilog(ctx.config, ctx.out / "top.v")
+    seconds = time.monotonic() - start
+    ctx.outputs["verilog"] = path
+    ctx.stages["verilog"] = {"seconds": round(seconds, 2), "output": "top.v"}
+    write_manifest(ctx.out, ctx.config, ctx.stages)
+    _say("verilog", f"wrote {path} ({path.stat().st_size // 1024} KiB) in {seconds:.1f} s")
+
+
+def step_simulate(ctx: DemoContext):
+    import torch
+    from firmware import Device, sim
+    from firmware.cycles import cycle_report
+
+    g = ctx.config.accelerator.geometry
+    M, K, N = ctx.args.shape
+    try:
+        device = Device.simulated(ctx.config, ctx.args.backend)
+    except sim.SimToolMissing as e:
+        raise DemoError(str(e)) from None
+    _say("simulate", f"{g.rows}x{g.cols} {g.dataflow.upper()} array, {g.input_width}-bit inputs, "
+                     f"backend {device.backend_name}")
+    rng = np.random.default_rng(ctx.args.seed)
+    low, high = -(1 << (g.input_width - 1)), (1 << (g.input_width - 1)) - 1
+    dtype = np.int8 if g.input_width <= 8 else np.int16
+    a = rng.integers(low, high + 1, (M, K)).astype(dtype)
+    b = rng.integers(low, high + 1, (K, N)).astype(dtype)
+    start = time.monotonic()
+    c = device.matmul(a, b)
+    seconds = time.monotonic() - start
+    golden = torch.matmul(torch.from_numpy(a.astype(np.int64)), torch.from_numpy(b.astype(np.int64)))
+    golden = golden.to(torch.int32).numpy()   # int64 -> int32 wraps, as the accumulator does
+    wrong = int((c != golden).sum())
+    if wrong:
+        raise DemoError(f"{wrong} of {c.size} results differ from torch; the RTL is wrong")
+    report = cycle_report(device.program, g)
+    macs = M * K * N
+    cycles = device.cycles if device.cycles is not None else report.total_cycles
+    util = macs / (cycles * g.rows * g.cols)
+    util_compute = report.utilization(macs, g.rows, g.cols, compute_only=True)
+    clock = ctx.config.target.clock_mhz
+    _say("simulate", f"{M}x{K} @ {K}x{N} matches torch exactly ({c.size} int32 results, "
+                     f"{seconds:.1f} s of simulation)")
+    _say("simulate", f"{cycles} cycles end to end ({cycles / clock:.0f} us at {clock:g} MHz), "
+                     f"cycle model {report.total_cycles}; compute phase {report.compute_cycles} "
+                     f"cycles")
+    _say("simulate", f"array utilization {util:.1%} end to end (loads and stores over the "
+                     f"byte link included), {util_compute:.1%} in the compute phase")
+    ctx.outputs["simulate"] = {"cycles": cycles, "utilization": util,
+                               "compute_utilization": util_compute}
+
+
+add_step("verilog", step_verilog)
+add_step("simulate", step_simulate)
+
+
+def _shape(text):
+    try:
+        shape = tuple(int(x) for x in text.split(","))
+        if len(shape) == 3 and all(1 <= x <= 4096 for x in shape):
+            return shape
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"must be M,K,N with each from 1 to 4096, not {text!r}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gen.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/default.toml", help="accelerator config (TOML)")
+    parser.add_argument("--out", type=pathlib.Path, help="output directory (default: build/NAME)")
+    parser.add_argument("--backend", help="simulation backend (default: TANDEM_SIM or the fastest)")
+    parser.add_argument("--shape", type=_shape, default=(96, 200, 72), help="M,K,N of the matmul")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ctx = DemoContext(config, args.out or REPO / "build" / config.name, args)
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    for name, fn in STEPS:
+        try:
+            fn(ctx)
+        except DemoError as e:
+            print(f"error: [{name}] {e}", file=sys.stderr)
+            return 1 if "wrong" in str(e) else 2
+        except ValueError as e:  # bad arguments a user gave (backend name, shapes)
+            print(f"error: [{name}] {e}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

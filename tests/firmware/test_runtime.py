@@ -1,0 +1,98 @@
+"""Device: argument checks, scale conversion, the functional backend."""
+
+import numpy as np
+import pytest
+
+from rtl.isa import Geometry
+from firmware import Device
+from firmware.runtime import scale_to_mult_shift
+from tests import golden
+
+G = Geometry(4, 4, "os", scratchpad_kib=1, accumulator_kib=1)
+
+
+def operands(M=5, K=6, N=7, dtype=np.int8, seed=0):
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype)
+    return (rng.integers(info.min, info.max + 1, (M, K)).astype(dtype),
+            rng.integers(info.min, info.max + 1, (K, N)).astype(dtype))
+
+
+def test_matmul_int32_and_requantized_int8():
+    device = Device.functional(G)
+    a, b = operands()
+    bias = np.arange(-3, 4, dtype=np.int32) * 1000
+    raw = device.matmul(a, b)
+    assert raw.dtype == np.int32 and (raw == golden.matmul(a, b).numpy()).all()
+    assert device.cycles is None
+    q = device.matmul(a, b, bias=bias, scale=0.01)
+    mult, shift = scale_to_mult_shift(0.01)
+    assert q.dtype == np.int8
+    assert (q == golden.requantize(a, b, bias, mult, shift).numpy()).all()
+
+
+def test_16_bit_inputs_take_int16():
+    g = Geometry(4, 4, "ws", input_width=16, scratchpad_kib=1, accumulator_kib=1)
+    a, b = operands(dtype=np.int16)
+    assert (Device.functional(g).matmul(a, b) == golden.matmul(a, b).numpy()).all()
+    assert Device.functional(g).matmul(a, b, scale=1 / 3).dtype == np.int16
+
+
+@pytest.mark.parametrize("scale,expected", [
+    (1.0, (32768, 15)), (0.5, (32768, 16)), (65535, (65535, 0)), (2 ** -40, (32768, 55)),
+    (0.1, (round(0.1 * 2 ** 19), 19)),
+])
+def test_scale_takes_the_finest_shift(scale, expected):
+    assert scale_to_mult_shift(scale) == expected
+
+
+@pytest.mark.parametrize("scale", [0, -1.0, float("nan"), float("inf"), 70000.0, 1e-30, "1", True])
+def test_bad_scale(scale):
+    with pytest.raises(ValueError, match="scale"):
+        scale_to_mult_shift(scale)
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(a=[[1, 2]]), "a must be a numpy array"),
+    (dict(a=np.zeros((5, 6), np.int32)), "a must have dtype int8"),
+    (dict(b=np.zeros((5, 7), np.float32)), "b must have dtype int8"),
+    (dict(a=np.zeros((5,), np.int8)), "a must be a non-empty 2-D"),
+    (dict(b=np.zeros((0, 7), np.int8)), "b must be a non-empty 2-D"),
+    (dict(b=np.zeros((5, 7), np.int8)), "b must have 6 rows"),
+    (dict(bias=np.zeros(7, np.int64)), "bias must be a numpy array of int32"),
+    (dict(bias=np.zeros(6, np.int32)), r"bias must have shape \(7,\)"),
+    (dict(scale=-2.0), "scale"),
+])
+def test_matmul_refuses_wrong_arguments(change, match):
+    a, b = operands()
+    args = dict(a=a, b=b, bias=None, scale=None)
+    args.update(change)
+    with pytest.raises(ValueError, match=match):
+        Device.functional(G).matmul(**args)
+
+
+def test_4_bit_range_is_checked():
+    g = Geometry(4, 4, "os", input_width=4, scratchpad_kib=1, accumulator_kib=1)
+    a = np.full((2, 2), 8, np.int8)
+    with pytest.raises(ValueError, match="4-bit values -8..7"):
+        Device.functional(g).matmul(a, a)
+    a = np.full((2, 2), -8, np.int8)
+    assert (Device.functional(g).matmul(a, a) == 128).all()
+
+
+def test_unknown_backend_is_one_line():
+    with pytest.raises(ValueError, match="one of functional, verilator, icarus, amaranth"):
+        Device.simulated("tests/configs/test_4x4_os.toml", "modelsim")
+
+
+def test_serial_device_takes_the_config_geometry(monkeypatch):
+    import firmware.serial
+
+    class FakeBackend:
+        def __init__(self, port, **options):
+            self.port, self.options = port, options
+
+    monkeypatch.setattr(firmware.serial, "SerialBackend", FakeBackend)
+    device = Device.serial("/dev/ttyUSB9", "tests/configs/test_4x4_os.toml", baud=115200)
+    assert device.geometry.dataflow == "os"
+    assert (device.backend.port, device.backend.options) == ("/dev/ttyUSB9", {"baud": 115200})
