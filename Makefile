@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 CONFIG ?= configs/default.toml
 JOBS   ?= 2
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench cocotb clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11" >&2; exit 1; }
@@ -34,7 +34,11 @@ test: setup
 	$(PY) -m pytest -n $(JOBS) -q
 
 bench: setup
-	$(PY) -m bench.utilization
+	$(PY) -m bench.utilization --plot build/bench/utilization.png
+	$(PY) -m bench.simspeed
+
+cocotb: setup
+	SIM=$(or $(SIM),icarus) $(PY) -m pytest -q tests/cocotb
 
 clean:
 	rm -rf build sim_build .pytest_cache
