@@ -197,8 +197,14 @@ class Geometry:
 
     @property
     def swap_guard(self) -> int:
-        """WS: cycles the shadow weights stay reserved after a tile starts streaming."""
-        return self.rows + self.cols
+        """WS: cycles the shadow weights stay reserved after a tile starts streaming.
+
+        Shadow row r is read until the swap beat has passed PE(r, cols-1), and the
+        next tile's weights load one row a cycle from row 0, so every row is free
+        in time once cols - 2 cycles have passed; 2 more are kept as margin
+        (tests/firmware/test_sim.py fails with cols - 4).
+        """
+        return self.cols
 
     @property
     def sp_lanes(self) -> int:

@@ -56,7 +56,8 @@ CASES = {
     "tests/configs/test_2x2_ws.toml": [(7, 13, 5), (1, 40, 3)],
     "tests/configs/test_4x4_ws_i16.toml": [(9, 21, 6)],
     "tests/configs/test_8x8_os.toml": [(19, 70, 21), (8, 8, 8)],
-    "configs/default.toml": [(64, 64, 64), (100, 30, 70)],
+    # Small M: back-to-back one-beat tiles, where the shadow-weight guard sets the pace.
+    "configs/default.toml": [(64, 64, 64), (100, 30, 70), (1, 200, 40), (3, 64, 50)],
 }
 
 
