@@ -1,0 +1,331 @@
+"""``python -m search.model.train --config configs/supernet_default.toml``
+
+Trains a :class:`Supernet` with the BigNAS sandwich rule: every step
+accumulates the gradients of the largest subnet, the smallest subnet and
+``random_subnets`` uniformly drawn subnets (each on its own batch), then takes
+one AdamW step. Progress goes to stdout and ``metrics.jsonl``; a checkpoint
+(model, optimizer, step, every RNG state) is written atomically every
+``checkpoint_interval`` steps, on Ctrl-C or SIGTERM and at the end, and rerunning the same
+command resumes from it exactly. The output directory carries
+``manifest.json`` (config, git commit, versions, corpus hash, results).
+
+Throughput (``tok/s`` in the progress lines, ``tokens_per_s`` in
+``metrics.jsonl``) counts the tokens of every subnet of a step: a sandwich
+step of 4 subnets at batch B and context T processes 4*B*T tokens.
+
+Exit status: 0 done, 2 a bad config or corpus (one line on stderr),
+130 interrupted (checkpoint saved; rerun to resume).
+"""
+
+import argparse
+from dataclasses import replace
+import json
+import math
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from .config import ModelConfigError, RunConfig, load_run_config
+from .data import Corpus, CorpusError, CharTokenizer, load_corpus, random_batch
+from .perplexity import evaluate
+from .space import SearchSpace, count_params
+from .transformer import Supernet
+
+__all__ = ["train_supernet", "load_supernet", "resolve_device", "main", "CHECKPOINT", "MANIFEST"]
+
+CHECKPOINT = "checkpoint.pt"
+MANIFEST = "manifest.json"
+METRICS = "metrics.jsonl"
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def versions() -> dict:
+    import numpy
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelConfigError("[train] device = 'cuda' but no GPU is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def _atomic_save(obj, path: pathlib.Path):
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write(path: pathlib.Path, text: str):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _lr(step: int, cfg) -> float:
+    """Learning rate of optimizer step ``step`` (1-based)."""
+    if step <= cfg.warmup_steps:
+        return cfg.lr * step / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _optimizer(model, cfg):
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": other, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(0.9, 0.99))
+
+
+def _rng_state(py_rng, batch_gen):
+    state = {"python": py_rng.getstate(), "batches": batch_gen.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state, py_rng, batch_gen):
+    py_rng.setstate(state["python"])
+    batch_gen.set_state(state["batches"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _config_key(cfg_dict: dict) -> dict:
+    """The parts of a config that must match to resume (not where it is written)."""
+    d = json.loads(json.dumps(cfg_dict))
+    for key in ("out", "log_interval", "checkpoint_interval", "eval_interval", "threads", "device"):
+        d["train"].pop(key, None)
+    return d
+
+
+def load_supernet(out_dir, device="cpu"):
+    """(supernet, space, tokenizer) from a training output directory's checkpoint."""
+    path = pathlib.Path(out_dir) / CHECKPOINT
+    if not path.exists():
+        raise ModelConfigError(f"{path} does not exist; train first with python -m search.model.train")
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    space = SearchSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["space"].items()})
+    net = Supernet(space).to(device)
+    net.load_state_dict(ckpt["model"])
+    net.eval()
+    return net, space, CharTokenizer.from_json(ckpt["tokenizer"])
+
+
+def train_supernet(run: RunConfig, *, corpus: Corpus | None = None, stop_after: int | None = None,
+          fresh: bool = False, quiet: bool = False) -> dict:
+    """Train (or resume) the supernet of ``run``; returns the final results.
+
+    corpus : an already loaded corpus (else loaded from ``run.train.corpus``).
+    stop_after : stop (with a checkpoint) once this many steps are done in
+        total, as an interruption would; rerunning resumes.
+    fresh : ignore an existing checkpoint in the output directory.
+    """
+    cfg = run.train
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    out = pathlib.Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT
+
+    ckpt = None
+    if ckpt_path.exists() and not fresh:
+        # On the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if _config_key(ckpt["config"]) != _config_key(run.to_dict()):
+            raise ModelConfigError(f"{ckpt_path} was made with a different config; "
+                                   "use --fresh to start over or another --out")
+    tokenizer = CharTokenizer.from_json(ckpt["tokenizer"]) if ckpt else None
+    if corpus is None:
+        corpus = load_corpus(cfg.corpus, cfg.corpus_path or None, tokenizer)
+    elif tokenizer is not None and tokenizer.chars != corpus.tokenizer.chars:
+        raise ModelConfigError(f"{ckpt_path} was made with another tokenizer")
+    space = replace(run.space, vocab_size=corpus.tokenizer.vocab_size)
+
+    torch.manual_seed(cfg.seed)
+    net = Supernet(space).to(device)
+    opt = _optimizer(net, cfg)
+    py_rng = random.Random(cfg.seed)
+    batch_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    step, history = 0, []
+    if ckpt:
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        _set_rng_state(ckpt["rng"], py_rng, batch_gen)
+        step, history = ckpt["step"], ckpt["history"]
+        # Records written after the checkpoint are replayed by the resumed run.
+        _atomic_write(out / METRICS, "".join(json.dumps(h) + "\n" for h in history))
+        say(f"resuming {out} at step {step}/{cfg.steps}")
+    else:
+        metrics = out / METRICS
+        if metrics.exists():
+            metrics.unlink()
+
+    largest, smallest = space.largest(), space.smallest()
+    manifest = {
+        "config_name": run.name, "config_source": run.source, "config": run.to_dict(),
+        "git_commit": git_commit(), "versions": versions(), "device": str(device),
+        "threads": torch.get_num_threads(),
+        "corpus": {"name": corpus.name, "sha256": corpus.sha256, "vocab_size": corpus.tokenizer.vocab_size,
+                   "train_tokens": len(corpus.train), "valid_tokens": len(corpus.valid),
+                   "test_tokens": len(corpus.test), "unigram_valid_ppl": corpus.unigram_perplexity()},
+        "largest": {"subnet": largest.to_dict(), "params": count_params(largest)},
+        "smallest": {"subnet": smallest.to_dict(), "params": count_params(smallest)},
+        "supernet_params": sum(p.numel() for p in net.parameters()),
+    }
+    _atomic_write(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+    def save():
+        _atomic_save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                      "rng": _rng_state(py_rng, batch_gen), "config": run.to_dict(),
+                      "space": space.to_dict(), "tokenizer": corpus.tokenizer.to_json(),
+                      "history": history}, ckpt_path)
+
+    def log(record):
+        history.append(record)
+        with open(out / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def validate():
+        net.eval()
+        t0 = time.perf_counter()
+        tokens = cfg.eval_tokens or None
+        res = {"largest": evaluate(net, largest, corpus.valid, max_tokens=tokens)}
+        res["smallest"] = res["largest"] if smallest == largest else \
+            evaluate(net, smallest, corpus.valid, max_tokens=tokens)
+        net.train()
+        return res, (time.perf_counter() - t0) / (1 if smallest == largest else 2)
+
+    seq = space.context_len
+    n_sub = (2 + cfg.random_subnets) if cfg.sandwich else 1
+    say(f"supernet {manifest['supernet_params']:,} params; largest {largest.short()} "
+        f"({count_params(largest):,}); smallest {smallest.short()} ({count_params(smallest):,}); "
+        f"{corpus.name}: {len(corpus.train):,} train tokens, vocab {corpus.tokenizer.vocab_size}, "
+        f"unigram valid ppl {manifest['corpus']['unigram_valid_ppl']:.2f}; device {device}, "
+        f"{torch.get_num_threads()} threads")
+    net.train()
+    window_t, window_steps, window_loss = time.perf_counter(), 0, 0.0
+    stop = min(cfg.steps, stop_after) if stop_after is not None else cfg.steps
+    try:
+        while step < stop:
+            lr = _lr(step + 1, cfg)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            subnets = [largest] + ([smallest] + [space.sample(py_rng) for _ in range(cfg.random_subnets)]
+                                   if cfg.sandwich else [])
+            opt.zero_grad(set_to_none=True)
+            teacher, losses = None, []
+            for i, sub in enumerate(subnets):
+                if i == 0 or not cfg.distill:
+                    # Without distillation each subnet gets its own batch (more text per step);
+                    # with it, all learn from the largest on the largest's batch (BigNAS).
+                    x, y = random_batch(corpus.train, cfg.batch_size, seq, batch_gen)
+                    x, y = x.to(device), y.to(device)
+                logits = net(x, sub).flatten(0, 1)
+                if i > 0 and cfg.distill:
+                    loss = F.kl_div(F.log_softmax(logits, -1), teacher, reduction="batchmean")
+                else:
+                    loss = F.cross_entropy(logits, y.flatten())
+                if i == 0 and cfg.distill:
+                    teacher = F.softmax(logits.detach(), -1)
+                (loss / len(subnets)).backward()
+                losses.append(loss.item())
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            window_steps += 1
+            window_loss += losses[0]
+            if step % cfg.log_interval == 0 or step == stop:
+                dt = time.perf_counter() - window_t
+                tok_s = window_steps * cfg.batch_size * seq * n_sub / dt
+                eta = (cfg.steps - step) * dt / window_steps
+                smallest_loss = f"last smallest {losses[1]:.3f} " if len(losses) > 1 else ""
+                say(f"step {step}/{cfg.steps} lr {lr:.2e} loss largest {window_loss / window_steps:.3f} "
+                    f"{smallest_loss}{tok_s:,.0f} tok/s eta {eta / 60:.1f} min")
+                log({"step": step, "lr": lr, "loss_largest": window_loss / window_steps,
+                     "losses": losses, "tokens_per_s": tok_s, "s_per_step": dt / window_steps})
+                window_t, window_steps, window_loss = time.perf_counter(), 0, 0.0
+            if (cfg.eval_interval and step % cfg.eval_interval == 0) or step == cfg.steps:
+                ppl, eval_s = validate()
+                say(f"step {step}: valid ppl largest {ppl['largest']:.3f} smallest {ppl['smallest']:.3f} "
+                    f"({eval_s:.1f} s per subnet, {cfg.eval_tokens or len(corpus.valid)} tokens)")
+                log({"step": step, "valid_ppl": ppl, "eval_s_per_subnet": eval_s})
+                window_t = time.perf_counter()
+            if step % cfg.checkpoint_interval == 0 or step == stop:
+                save()
+    except KeyboardInterrupt:
+        save()
+        say(f"interrupted at step {step}; checkpoint saved to {ckpt_path}; rerun the same command to resume")
+        raise
+    results = {"step": step, "done": step >= cfg.steps}
+    finals = [h for h in history if "valid_ppl" in h and h["step"] == step]
+    if finals:
+        results["valid_ppl"] = finals[-1]["valid_ppl"]
+        results["eval_s_per_subnet"] = finals[-1]["eval_s_per_subnet"]
+    rates = [h["tokens_per_s"] for h in history if "tokens_per_s" in h]
+    if rates:
+        results["median_tokens_per_s"] = sorted(rates)[len(rates) // 2]
+    manifest["results"] = results
+    _atomic_write(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return results
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m search.model.train", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--config", required=True, help="TOML with [space] and [train]; see configs/supernet_*.toml")
+    parser.add_argument("--out", help="output directory (overrides [train] out)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="overrides [train] device")
+    parser.add_argument("--fresh", action="store_true", help="start over even if a checkpoint exists")
+    parser.add_argument("--stop-after", type=int, metavar="STEPS",
+                        help="stop with a checkpoint after this many steps in total (resume later)")
+    args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` checkpoints like Ctrl-C
+    try:
+        run = load_run_config(args.config)
+        overrides = {k: v for k, v in (("out", args.out), ("device", args.device)) if v}
+        if overrides:
+            run = replace(run, train=replace(run.train, **overrides))
+        results = train_supernet(run, stop_after=args.stop_after, fresh=args.fresh)
+    except (ModelConfigError, CorpusError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
