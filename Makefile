@@ -34,7 +34,7 @@ test: setup
 	$(PY) -m pytest -n $(JOBS) -q
 
 bench: setup
-	$(PY) -m bench.utilization --plot build/bench/utilization.png
+	$(PY) -m bench.utilization --plot docs/img/utilization.png
 	$(PY) -m bench.simspeed
 
 cocotb: setup

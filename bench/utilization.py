@@ -103,8 +103,8 @@ def plot(rows, path):
     ax.bar(x + 0.2, [r["util_total"] for r in rows], 0.4, label="end to end")
     ax.set_xticks(x, labels, rotation=90, fontsize=7)
     ax.set_ylabel("array utilization")
-    ax.set_ylim(0, 1)
-    ax.legend()
+    ax.set_ylim(0, 1.15)  # room for the legend above the bars
+    ax.legend(loc="upper center", ncol=2, fontsize=8)
     fig.tight_layout()
     import pathlib
     pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
