@@ -416,6 +416,10 @@ class VerilatorBackend(_Backend):
                        "-O3", "--x-assign", "fast", "--x-initial", "fast", "--no-timing",
                        "-Wno-fatal", "-Wno-lint", "-Wno-style",
                        "-CFLAGS", "-O2", "--Mdir", str(work), "-o", "tandem_sim",
+                       # The wheel's verilated.mk leaves the precompiled-header
+                       # flag empty, which breaks designs big enough to be split
+                       # into several files ("Vtop__pch.h.fast: ... not found").
+                       "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include",
                        str(verilog), str(harness)],
             capture_output=True, text=True, env=env, cwd=work)
         _check_run(result, "verilator")

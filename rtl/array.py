@@ -9,7 +9,7 @@ previous tile streams; the beat with ``in_swap`` switches to them.
 Output-stationary (``dataflow="os"``): beat ``t`` carries the column ``a[rows]``
 of ``A[:, t]`` and the row ``b[cols]`` of ``B[t, :]``; every PE accumulates its
 ``C[i, j]``. ``in_first`` starts a tile and ``in_last`` ends it; the finished
-tile leaves the array ``rows + cols - 1`` cycles after the last beat, one row a
+tile leaves the array ``latency`` cycles after the last beat, one row a
 cycle, bottom row first (``out_row`` says which). Two last beats must be at
 least ``os_spacing`` cycles apart so the result chain is free.
 
@@ -90,8 +90,9 @@ class SystolicArray(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """Cycles from a beat to its first result row (``Geometry.array_latency``)."""
-        return self.rows + self.cols - 1
+        """Cycles from a beat to its first result row (``Geometry.array_latency``):
+        an input register, the skew, two stages per PE on the sum's path."""
+        return self.rows + self.cols + 1
 
     @property
     def os_spacing(self) -> int:
@@ -99,19 +100,33 @@ class SystolicArray(wiring.Component):
         return 2 * self.rows + self.cols - 1
 
     def elaborate(self, platform):
-        if self.dataflow == "ws":
-            return self._elaborate_ws()
-        return self._elaborate_os()
+        m = self._elaborate_ws() if self.dataflow == "ws" else self._elaborate_os()
+        return m
+
+    def _registered_inputs(self, m):
+        """Every input through one register: the scratchpad's read data comes
+        straight from block RAM, and its clock-to-out would otherwise sit in
+        front of the first multiplier."""
+        names = ["in_valid", "in_a", "in_tag"] + (
+            ["in_swap"] if self.dataflow == "ws" else ["in_b", "in_first", "in_last"])
+        regs = {}
+        for name in names:
+            port = getattr(self, name)
+            reg = Signal.like(port, name=f"{name}_r")
+            m.d.sync += reg.eq(port)
+            regs[name] = reg
+        return regs
 
     def _elaborate_ws(self):
         m = Module()
         rows, cols = self.rows, self.cols
+        i_ = self._registered_inputs(m)
         pes = [[WeightStationaryPE(input_width=self.input_width, acc_width=self.acc_width)
                 for _ in range(cols)] for _ in range(rows)]
         for i in range(rows):
-            a = _delay(m, self.in_a[i], i, f"skew_a{i}")
-            valid = _delay(m, self.in_valid, i, f"skew_v{i}")
-            swap = _delay(m, self.in_swap, i, f"skew_s{i}")
+            a = _delay(m, i_["in_a"][i], i, f"skew_a{i}")
+            valid = _delay(m, i_["in_valid"], i, f"skew_v{i}")
+            swap = _delay(m, i_["in_swap"], i, f"skew_s{i}")
             for j in range(cols):
                 pe = pes[i][j]
                 m.submodules[f"pe_{i}_{j}"] = pe
@@ -126,23 +141,24 @@ class SystolicArray(wiring.Component):
             m.d.comb += self.out_c[j].eq(_delay(m, pes[rows - 1][j].psum_out, cols - 1 - j,
                                                 f"deskew_c{j}"))
         m.d.comb += [
-            self.out_valid.eq(_delay(m, self.in_valid, self.latency, "out_valid")),
-            self.out_tag.eq(_delay(m, self.in_tag, self.latency, "out_tag")),
+            self.out_valid.eq(_delay(m, i_["in_valid"], self.latency - 1, "out_valid")),
+            self.out_tag.eq(_delay(m, i_["in_tag"], self.latency - 1, "out_tag")),
         ]
         return m
 
     def _elaborate_os(self):
         m = Module()
         rows, cols = self.rows, self.cols
+        i_ = self._registered_inputs(m)
         pes = [[OutputStationaryPE(input_width=self.input_width, acc_width=self.acc_width)
                 for _ in range(cols)] for _ in range(rows)]
         shift = Signal()
-        b_top = [_delay(m, self.in_b[j], j, f"skew_b{j}") for j in range(cols)]
+        b_top = [_delay(m, i_["in_b"][j], j, f"skew_b{j}") for j in range(cols)]
         for i in range(rows):
-            a = _delay(m, self.in_a[i], i, f"skew_a{i}")
-            valid = _delay(m, self.in_valid, i, f"skew_v{i}")
-            first = _delay(m, self.in_first, i, f"skew_f{i}")
-            last = _delay(m, self.in_last, i, f"skew_l{i}")
+            a = _delay(m, i_["in_a"][i], i, f"skew_a{i}")
+            valid = _delay(m, i_["in_valid"], i, f"skew_v{i}")
+            first = _delay(m, i_["in_first"], i, f"skew_f{i}")
+            last = _delay(m, i_["in_last"], i, f"skew_l{i}")
             for j in range(cols):
                 pe = pes[i][j]
                 m.submodules[f"pe_{i}_{j}"] = pe
@@ -156,8 +172,8 @@ class SystolicArray(wiring.Component):
                 a, valid, first, last = pe.a_out, pe.valid_out, pe.first_out, pe.last_out
 
         # The last beat's results are all in place latency cycles after it.
-        done = _delay(m, self.in_valid & self.in_last, self.latency, "done")
-        done_tag = _delay(m, self.in_tag, self.latency, "done_tag")
+        done = _delay(m, i_["in_valid"] & i_["in_last"], self.latency - 1, "done")
+        done_tag = _delay(m, i_["in_tag"], self.latency - 1, "done_tag")
         remaining = Signal(range(rows + 1))
         held_tag = Signal(self.tag_width)
         m.d.comb += shift.eq(done | (remaining != 0))

@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 # Timing contract: the RTL is built from these and firmware/cycles.py models them.
-REQUANT_LATENCY = 4   # registered stages of the requantizer (one lane a cycle)
+REQUANT_LATENCY = 5   # registered stages of the requantizer (one lane a cycle)
 
 INSTRUCTION_BYTES = 16
 
@@ -188,7 +188,7 @@ class Geometry:
     @property
     def array_latency(self) -> int:
         """Cycles from a beat entering the array to its (first) result row leaving it."""
-        return self.rows + self.cols - 1
+        return self.rows + self.cols + 1
 
     @property
     def os_spacing(self) -> int:
@@ -201,10 +201,11 @@ class Geometry:
 
         Shadow row r is read until the swap beat has passed PE(r, cols-1), and the
         next tile's weights load one row a cycle from row 0, so every row is free
-        in time once cols - 2 cycles have passed; 2 more are kept as margin
-        (tests/firmware/test_sim.py fails with cols - 4).
+        in time once cols - 1 cycles have passed (the array's input register
+        included); 2 more are kept as margin (tests/firmware/test_sim.py fails
+        with cols - 3).
         """
-        return self.cols
+        return self.cols + 1
 
     @property
     def sp_lanes(self) -> int:

@@ -20,7 +20,13 @@ def _check_widths(input_width, acc_width):
 
 
 class WeightStationaryPE(wiring.Component):
-    """A weight-stationary PE: ``psum_out <= psum_in + a_in * weight``.
+    """A weight-stationary PE: ``psum_out <= psum_in + a_in * weight``, in two stages.
+
+    The product is registered before the add (the DSP's output register), so
+    neither the multiplier nor the adder chain sets the clock alone; the
+    partial sum therefore takes two cycles per PE while the activation takes
+    one, and ``psum_in`` is used one cycle after ``a_in``, which is exactly when
+    the PE above delivers it.
 
     The weight is double-buffered. ``w_load`` writes ``w_data`` into the shadow
     register; the beat that carries ``swap_in`` multiplies with the shadow and
@@ -50,6 +56,7 @@ class WeightStationaryPE(wiring.Component):
         m = Module()
         shadow = Signal(signed(self.input_width))
         active = Signal(signed(self.input_width))
+        product = Signal(signed(2 * self.input_width))
         weight = Mux(self.swap_in, shadow, active)
         with m.If(self.w_load):
             m.d.sync += shadow.eq(self.w_data)
@@ -59,7 +66,8 @@ class WeightStationaryPE(wiring.Component):
             self.a_out.eq(self.a_in),
             self.valid_out.eq(self.valid_in),
             self.swap_out.eq(self.valid_in & self.swap_in),
-            self.psum_out.eq(self.psum_in + self.a_in * weight),
+            product.eq(self.a_in * weight),
+            self.psum_out.eq(self.psum_in + product),
         ]
         return m
 
@@ -69,7 +77,9 @@ class OutputStationaryPE(wiring.Component):
 
     ``first_in`` starts a new sum; on ``last_in`` the finished sum is copied to
     the result register, so the next tile can accumulate while the results
-    shift down the column (``shift``: ``result <= result_in``).
+    shift down the column (``shift``: ``result <= result_in``). The product is
+    registered before the accumulation (as in the WS PE), so the sum, and the
+    result, land one cycle after the operands pass.
 
     Members
     -------
@@ -95,10 +105,14 @@ class OutputStationaryPE(wiring.Component):
         m = Module()
         acc = Signal(signed(self.acc_width))
         total = Signal(signed(self.acc_width))
-        m.d.comb += total.eq(Mux(self.first_in, 0, acc) + self.a_in * self.b_in)
-        with m.If(self.valid_in):
+        product = Signal(signed(2 * self.input_width))
+        valid, first, last = Signal(), Signal(), Signal()
+        m.d.sync += [product.eq(self.a_in * self.b_in), valid.eq(self.valid_in),
+                     first.eq(self.first_in), last.eq(self.last_in)]
+        m.d.comb += total.eq(Mux(first, 0, acc) + product)
+        with m.If(valid):
             m.d.sync += acc.eq(total)
-        with m.If(self.valid_in & self.last_in):
+        with m.If(valid & last):
             m.d.sync += self.result.eq(total)
         with m.Elif(self.shift):
             m.d.sync += self.result.eq(self.result_in)

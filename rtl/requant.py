@@ -1,6 +1,6 @@
 """Requantization of accumulator lanes: bias, fixed-point scale, rounding, saturation.
 
-One lane a cycle through four registered stages (``LATENCY``): the output link
+One lane a cycle through five registered stages (``LATENCY``): the output link
 carries a byte a cycle at most, so a single multiplier keeps up with it and
 keeps DSP use to one multiplier whatever the array size. The arithmetic is
 the one ``rtl/isa.py`` states (round half up, i.e. towards +infinity)::
@@ -57,21 +57,28 @@ class Requantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         aw, iw = self.acc_width, self.input_width
+        width = aw + 1 + self.mult_width          # the product's bits
         x = Signal(signed(aw + 1))
-        product = Signal(signed(aw + 1 + self.mult_width))
-        scaled = Signal(signed(aw + 1 + self.mult_width))
-        raw = [Signal(signed(aw), name=f"raw{n}") for n in range(2)]
-        valid = [Signal(name=f"valid{n}") for n in range(3)]
+        product = Signal(signed(width))
+        rounded = Signal(signed(width + 1))
+        scaled = Signal(signed(width + 1))
+        # A shift of `width` or more leaves 0 whatever the product (its magnitude
+        # is below 2**(width-1), so adding half of 2**shift and flooring gives 0);
+        # clamping it keeps the rounding term, and the adder, `width` bits wide.
+        shift = Signal(range(width + 1))
+        half = Signal(width)
 
-        # Stage 1: bias.
+        # 1: bias. The shift and the rounding term depend only on the held shift
+        # field, but registers keep their decoders off the adder's path.
         m.d.sync += x.eq(self.in_acc + Mux(self.add_bias, self.in_bias, 0))
-        # Stage 2: scale.
+        clamped = Mux(self.shift > width, width, self.shift)
+        m.d.sync += [shift.eq(clamped),
+                     half.eq(Mux(clamped == 0, 0, (C(1, 1) << clamped) >> 1))]
+        # 2: scale. 3: round half up. 4: arithmetic shift.
         m.d.sync += product.eq(x * self.mult)
-        # Stage 3: round half up, arithmetic shift.
-        half = Signal(unsigned(2 ** self.shift_width))
-        m.d.comb += half.eq(Mux(self.shift == 0, 0, (C(1, 1) << self.shift) >> 1))
-        m.d.sync += scaled.eq((product + half) >> self.shift)
-        # Stage 4: saturate.
+        m.d.sync += rounded.eq(product + half)
+        m.d.sync += scaled.eq(rounded >> shift)
+        # 5: saturate.
         lo, hi = -(1 << (iw - 1)), (1 << (iw - 1)) - 1
         with m.If(scaled < lo):
             m.d.sync += self.out_q.eq(lo)
@@ -80,7 +87,14 @@ class Requantizer(wiring.Component):
         with m.Else():
             m.d.sync += self.out_q.eq(scaled)
 
-        m.d.sync += [raw[0].eq(x), raw[1].eq(raw[0]), self.out_raw.eq(raw[1])]
-        m.d.sync += [valid[0].eq(self.in_valid), valid[1].eq(valid[0]), valid[2].eq(valid[1]),
-                     self.out_valid.eq(valid[2])]
+        raw, valid = x, self.in_valid
+        for n in range(self.LATENCY - 2):
+            raw_next = Signal(signed(aw), name=f"raw{n}")
+            m.d.sync += raw_next.eq(raw)
+            raw = raw_next
+        for n in range(self.LATENCY - 1):
+            valid_next = Signal(name=f"valid{n}")
+            m.d.sync += valid_next.eq(valid)
+            valid = valid_next
+        m.d.sync += [self.out_raw.eq(raw), self.out_valid.eq(valid)]
         return m

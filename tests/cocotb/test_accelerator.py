@@ -98,7 +98,8 @@ def test_accelerator_replies_match_torch(path, tmp_path):
     build_dir = build_dir_for(digest)
     # Icarus: -g2005, as firmware/sim.py explains (under -g2012 always @* blocks of Amaranth's
     # Verilog are never woken at time 0). Verilator: Amaranth's Verilog has lint warnings.
-    build_args = {"icarus": ["-g2005"], "verilator": ["-Wno-fatal", "-Wno-lint", "-Wno-style"]}
+    build_args = {"icarus": ["-g2005"], "verilator": ["-Wno-fatal", "-Wno-lint", "-Wno-style",
+                                                   "-MAKEFLAGS", "CFG_CXXFLAGS_PCH_I=-include"]}
     build_args = build_args.get(SIM, [])
     with sim._locked(build_dir):
         runner.build(sources=[verilog], hdl_toplevel="top", build_dir=build_dir,

@@ -16,27 +16,26 @@ def _run(dut, testbench, *, deadline_cycles=10_000):
 
 
 def test_ws_pe_multiplies_with_the_swapped_in_weight():
+    """Product of a_in and the weight at cycle t, plus psum_in at t+1, is psum_out at t+2."""
     dut = WeightStationaryPE(input_width=8, acc_width=32)
+    # (w_load, w_data, a_in, swap_in) at cycle t; psum_in given at t+1.
+    beats = [(1, -7, 0, 0, 0), (0, 0, 5, 1, 100), (1, 3, -128, 0, 1), (0, 0, 127, 1, -5), (0, 0, 2, 0, 0)]
     seen = []
 
     async def bench(ctx):
-        ctx.set(dut.w_load, 1); ctx.set(dut.w_data, -7)
-        await ctx.tick()
-        ctx.set(dut.w_load, 0)
-        # The beat with swap uses the new weight at once.
-        ctx.set(dut.a_in, 5); ctx.set(dut.valid_in, 1); ctx.set(dut.swap_in, 1); ctx.set(dut.psum_in, 100)
-        await ctx.tick()
-        seen.append(ctx.get(dut.psum_out))
-        # A shadow load does not disturb the active weight until the next swap.
-        ctx.set(dut.swap_in, 0); ctx.set(dut.w_load, 1); ctx.set(dut.w_data, 3); ctx.set(dut.a_in, -128)
-        await ctx.tick()
-        seen.append(ctx.get(dut.psum_out))
-        ctx.set(dut.w_load, 0); ctx.set(dut.swap_in, 1); ctx.set(dut.a_in, 127); ctx.set(dut.psum_in, 0)
-        await ctx.tick()
-        seen.append(ctx.get(dut.psum_out))
+        psum_next = 0
+        for t, (load, w, a, swap, psum) in enumerate(beats + [(0, 0, 0, 0, 0)] * 2):
+            ctx.set(dut.w_load, load); ctx.set(dut.w_data, w)
+            ctx.set(dut.a_in, a); ctx.set(dut.valid_in, 1); ctx.set(dut.swap_in, swap)
+            ctx.set(dut.psum_in, psum_next)
+            psum_next = psum
+            await ctx.tick()
+            seen.append(ctx.get(dut.psum_out))
 
-    _run(dut, bench, deadline_cycles=20)
-    assert seen == [100 + 5 * -7, 100 + -128 * -7, 127 * 3]
+    _run(dut, bench, deadline_cycles=30)
+    # Beat 1 swaps in -7; beat 2 keeps it while 3 loads into the shadow; beat 3 swaps 3 in.
+    assert seen[2:5] == [100 + 5 * -7, 1 + -128 * -7, -5 + 127 * 3]
+    assert seen[5] == 0 + 2 * 3
 
 
 def test_os_pe_accumulates_and_captures():
@@ -50,6 +49,7 @@ def test_os_pe_accumulates_and_captures():
             ctx.set(dut.first_in, t == 0); ctx.set(dut.last_in, t == 2)
             await ctx.tick()
         ctx.set(dut.valid_in, 0)
+        await ctx.tick()             # the product stage
         seen.append(ctx.get(dut.result))
         ctx.set(dut.shift, 1); ctx.set(dut.result_in, 42)
         await ctx.tick()
