@@ -15,7 +15,7 @@ always takes replies) up to and including the one that sends the last reply byte
 
 from dataclasses import dataclass
 
-from rtl.isa import Geometry, Opcode, Flags, INSTRUCTION_BYTES, REQUANT_LATENCY
+from rtl.isa import Geometry, Opcode, Flags, INSTRUCTION_BYTES, REQUANT_LATENCY, WRITEBACK_STAGES
 
 __all__ = ["CycleReport", "cycle_report"]
 
@@ -54,9 +54,9 @@ def cycle_report(program, geometry: Geometry) -> CycleReport:
     rows, cols = g.rows, g.cols
     latency = g.array_latency
     if g.dataflow == "ws":
-        drain = latency + 2                       # array + write-back after the last beat
+        drain = latency + WRITEBACK_STAGES        # array + write-back after the last beat
     else:
-        drain = latency + rows + 1                # + the result chain
+        drain = latency + rows - 1 + WRITEBACK_STAGES   # + the result chain
     guard = g.swap_guard
     spacing = g.os_spacing
     row_period = cols + 2 + REQUANT_LATENCY       # ACC_READ, ACC_WAIT, LANES, FLUSH -> EMIT

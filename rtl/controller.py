@@ -20,7 +20,7 @@ from amaranth import *
 from amaranth.lib import wiring, stream, data
 from amaranth.lib.wiring import In, Out
 
-from .isa import Geometry, INSTRUCTION, INSTRUCTION_BYTES, Opcode, Flags, REQUANT_LATENCY
+from .isa import Geometry, INSTRUCTION, INSTRUCTION_BYTES, Opcode, Flags, REQUANT_LATENCY, WRITEBACK_STAGES
 from .requant import Requantizer
 
 __all__ = ["Controller"]
@@ -119,7 +119,7 @@ class Controller(wiring.Component):
             m.d.comb += [arr.in_valid.eq(a_valid), arr.in_swap.eq(a_first)]
             for i in range(rows):
                 m.d.comb += arr.in_a[i].eq(Mux(i < a_k, sp.r0_data[i * iw:(i + 1) * iw], 0))
-            drain_after_beat = latency + 2
+            drain_after_beat = latency + WRITEBACK_STAGES
         else:
             last_beat = streaming & (beat == cur.count1 - 1)
             spacing = arr.os_spacing
@@ -145,7 +145,7 @@ class Controller(wiring.Component):
                 m.d.comb += arr.in_a[i].eq(sp.r0_data[i * iw:(i + 1) * iw])
             for j in range(cols):
                 m.d.comb += arr.in_b[j].eq(sp.r1_data[j * iw:(j + 1) * iw])
-            drain_after_beat = latency + rows + 1
+            drain_after_beat = latency + rows - 1 + WRITEBACK_STAGES
 
         engine_read_a = Signal()
         m.d.comb += engine_read_a.eq(streaming)
@@ -162,25 +162,31 @@ class Controller(wiring.Component):
         with m.Elif(drain != 0):
             m.d.sync += drain.eq(drain - 1)
 
-        # Accumulator write-back: read the old row, add, write (transparent read).
+        # Accumulator write-back in three stages: read the old row; register it
+        # (block RAM's clock-to-out then never meets the adder in one cycle);
+        # add and write. A beat that reads the row being written in the same
+        # cycle gets the new data (transparent read); a beat right behind the
+        # writer read too early, so the writer's sum is forwarded to it.
         out_tag = Signal(tag_layout)
         m.d.comb += out_tag.eq(arr.out_tag)
-        wb_valid = Signal()
-        wb_addr = Signal(16)
-        wb_accumulate = Signal()
-        wb_c = Signal(data.ArrayLayout(signed(aw), cols))
         if g.dataflow == "ws":
             out_addr = out_tag.addr
             out_ok = arr.out_valid
         else:
             out_addr = out_tag.addr + arr.out_row
             out_ok = arr.out_valid & (arr.out_row < out_tag.m)
-        m.d.sync += [wb_valid.eq(out_ok), wb_addr.eq(out_addr), wb_accumulate.eq(out_tag.accumulate),
-                     wb_c.eq(arr.out_c)]
-        m.d.comb += [acc.w_en.eq(wb_valid), acc.w_addr.eq(wb_addr)]
+        wb = [Signal(data.StructLayout({
+                  "valid": 1, "addr": 16, "accumulate": 1,
+                  "c": data.ArrayLayout(signed(aw), cols)}), name=f"wb{n}") for n in (1, 2)]
+        wb_old = Signal(cols * aw)
+        m.d.sync += [wb[0].valid.eq(out_ok), wb[0].addr.eq(out_addr),
+                     wb[0].accumulate.eq(out_tag.accumulate), wb[0].c.eq(arr.out_c)]
+        forward = wb[1].valid & (wb[1].addr == wb[0].addr)
+        m.d.sync += [wb[1].eq(wb[0]), wb_old.eq(Mux(forward, acc.w_data, acc.r0_data))]
+        m.d.comb += [acc.w_en.eq(wb[1].valid), acc.w_addr.eq(wb[1].addr)]
         for j in range(cols):
-            old = acc.r0_data[j * aw:(j + 1) * aw].as_signed()
-            m.d.comb += acc.w_data[j * aw:(j + 1) * aw].eq(Mux(wb_accumulate, old, 0) + wb_c[j])
+            old = wb_old[j * aw:(j + 1) * aw].as_signed()
+            m.d.comb += acc.w_data[j * aw:(j + 1) * aw].eq(Mux(wb[1].accumulate, old, 0) + wb[1].c[j])
 
         # -------------------------------------------------------------- front end
         instr = Signal(INSTRUCTION)

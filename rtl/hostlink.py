@@ -79,9 +79,10 @@ def _crc16_step(crc, byte):
     return crc
 
 
-def _check_divisor(divisor):
+def _check_divisor(component, divisor):
     divisor = operator.index(divisor)
     if divisor < 4:
+        component._MustUse__silence = True   # never built: no "created but never used" warning
         raise ValueError(f"divisor (clock cycles per bit) must be at least 4, not {divisor!r}")
     return divisor
 
@@ -104,7 +105,7 @@ class UARTRx(wiring.Component):
     """
 
     def __init__(self, divisor):
-        self.divisor = _check_divisor(divisor)
+        self.divisor = _check_divisor(self, divisor)
         super().__init__({
             "rx": In(1, init=1),
             "o": Out(stream.Signature(8)),
@@ -167,7 +168,7 @@ class UARTTx(wiring.Component):
     """
 
     def __init__(self, divisor):
-        self.divisor = _check_divisor(divisor)
+        self.divisor = _check_divisor(self, divisor)
         super().__init__({
             "i": In(stream.Signature(8)),
             "tx": Out(1, init=1),
@@ -219,6 +220,7 @@ class HostLink(wiring.Component):
     def __init__(self, *, timeout_cycles):
         timeout_cycles = operator.index(timeout_cycles)
         if timeout_cycles < 16:
+            self._MustUse__silence = True
             raise ValueError(f"timeout_cycles must be at least 16, not {timeout_cycles!r}")
         self.timeout_cycles = timeout_cycles
         super().__init__({
@@ -424,7 +426,7 @@ class SerialHostLink(wiring.Component):
     """
 
     def __init__(self, *, divisor, timeout_cycles):
-        self.divisor = _check_divisor(divisor)
+        self.divisor = _check_divisor(self, divisor)
         self.timeout_cycles = timeout_cycles
         super().__init__({
             "rx": In(1, init=1),

@@ -54,11 +54,12 @@ from amaranth.lib import data, enum
 
 __all__ = [
     "Opcode", "Flags", "INSTRUCTION", "INSTRUCTION_BYTES", "Instruction",
-    "encode", "decode", "Geometry", "REQUANT_LATENCY",
+    "encode", "decode", "Geometry", "REQUANT_LATENCY", "WRITEBACK_STAGES",
 ]
 
 # Timing contract: the RTL is built from these and firmware/cycles.py models them.
 REQUANT_LATENCY = 5   # registered stages of the requantizer (one lane a cycle)
+WRITEBACK_STAGES = 3  # accumulator read-modify-write after a result row leaves the array
 
 INSTRUCTION_BYTES = 16
 

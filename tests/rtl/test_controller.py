@@ -118,3 +118,30 @@ def test_unknown_opcodes_are_skipped():
     junk = bytes([0x0F]) + bytes(15)            # opcode 15 is not assigned
     reply, _ = run_stream(Accelerator(g), nop + junk + encode(Instruction(Opcode.SYNC, tag=3)), 1)
     assert reply == b"\x03"
+
+
+def test_accumulating_into_the_row_just_written():
+    """Back-to-back WS tiles where the next tile's first row is the last row just written:
+    the write-back must forward the sum still in flight."""
+    g = Geometry(rows=2, cols=2, scratchpad_kib=0.25, accumulator_kib=1, banks=1)
+    m = 24                                         # long tiles: the next one follows at once
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randint(-128, 128, (m, 2), generator=gen)
+    b = torch.randint(-128, 128, (2, 2), generator=gen)
+    reply, _ = run_stream(Accelerator(g), program(
+        (Instruction(Opcode.LOAD_SP, addr0=0, count0=2), pack(b, 2, 8)),
+        (Instruction(Opcode.LOAD_SP, addr0=2, count0=m), pack(a, 2, 8)),
+        (Instruction(Opcode.MATMUL, addr0=2, addr1=0, addr2=0, count0=m, count1=2), b""),
+        (Instruction(Opcode.MATMUL, flags=Flags.ACCUMULATE, addr0=2, addr1=0, addr2=m - 1,
+                     count0=m, count1=2), b""),
+        (Instruction(Opcode.MATMUL, flags=Flags.ACCUMULATE, addr0=2, addr1=0, addr2=m - 2,
+                     count0=m, count1=2), b""),
+        (Instruction(Opcode.STORE, addr0=0, count0=3 * m), b""),
+    ), 3 * m * g.acc_row_bytes)
+    c = a @ b
+    expected = torch.zeros(3 * m, 2, dtype=torch.int64)
+    expected[0:m] = c
+    expected[m - 1:2 * m - 1] += c
+    expected[m - 2:2 * m - 2] += c
+    got = np.frombuffer(reply, dtype="<i4").reshape(3 * m, 2)
+    assert got.tolist() == expected.tolist()
