@@ -298,7 +298,8 @@ class HostLink(wiring.Component):
         reply_status = Signal(8)
         reply_ack = Signal(8)
         tx_index = Signal(8)
-        tx_data_ok = Signal()
+        tx_byte = Signal(8)      # the ring's read data, registered: the CRC starts from a FF
+        tx_wait = Signal(2)      # cycles until tx_byte holds ring[reply_start + tx_index]
 
         rx_byte = Signal()
         m.d.comb += [self.rx.ready.eq(1), rx_byte.eq(self.rx.valid)]
@@ -383,7 +384,7 @@ class HostLink(wiring.Component):
 
             with m.State("TX_SOF"):
                 sending(REPLY_SOF, "TX_STATUS", checked=False)
-                m.d.sync += [tx_index.eq(0), tx_data_ok.eq(0)]
+                m.d.sync += [tx_index.eq(0), tx_wait.eq(2)]
             with m.State("TX_STATUS"):
                 sending(reply_status, "TX_ACK")
             with m.State("TX_ACK"):
@@ -393,12 +394,15 @@ class HostLink(wiring.Component):
                 with m.If(tx_done & (reply_len == 0)):
                     m.next = "TX_CRC0"
             with m.State("TX_DATA"):
-                # One cycle after tx_index moves, the ring's read data is that byte.
-                m.d.comb += [self.tx.payload.eq(rr.data), self.tx.valid.eq(tx_data_ok)]
-                m.d.sync += tx_data_ok.eq(1)
+                # Two cycles after tx_index moves, tx_byte is that byte: one for the ring's
+                # synchronous read, one for the register.
+                m.d.comb += [self.tx.payload.eq(tx_byte), self.tx.valid.eq(tx_wait == 0)]
+                m.d.sync += tx_byte.eq(rr.data)
+                with m.If(tx_wait != 0):
+                    m.d.sync += tx_wait.eq(tx_wait - 1)
                 with m.If(tx_done):
                     m.d.sync += [crc.eq(crc_next_tx), tx_index.eq(tx_index + 1),
-                                 tx_data_ok.eq(0)]
+                                 tx_wait.eq(2)]
                     with m.If(tx_index == reply_len - 1):
                         m.next = "TX_CRC0"
             with m.State("TX_CRC0"):

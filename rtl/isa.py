@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 # Timing contract: the RTL is built from these and firmware/cycles.py models them.
-REQUANT_LATENCY = 5   # registered stages of the requantizer (one lane a cycle)
+REQUANT_LATENCY = 6   # registered stages of the requantizer (one lane a cycle)
 WRITEBACK_STAGES = 3  # accumulator read-modify-write after a result row leaves the array
 
 INSTRUCTION_BYTES = 16

@@ -1,6 +1,6 @@
 """Requantization of accumulator lanes: bias, fixed-point scale, rounding, saturation.
 
-One lane a cycle through five registered stages (``LATENCY``): the output link
+One lane a cycle through six registered stages (``LATENCY``): the output link
 carries a byte a cycle at most, so a single multiplier keeps up with it and
 keeps DSP use to one multiplier whatever the array size. The arithmetic is
 the one ``rtl/isa.py`` states (round half up, i.e. towards +infinity)::
@@ -59,7 +59,6 @@ class Requantizer(wiring.Component):
         aw, iw = self.acc_width, self.input_width
         width = aw + 1 + self.mult_width          # the product's bits
         x = Signal(signed(aw + 1))
-        product = Signal(signed(width))
         rounded = Signal(signed(width + 1))
         scaled = Signal(signed(width + 1))
         # A shift of `width` or more leaves 0 whatever the product (its magnitude
@@ -74,11 +73,30 @@ class Requantizer(wiring.Component):
         clamped = Mux(self.shift > width, width, self.shift)
         m.d.sync += [shift.eq(clamped),
                      half.eq(Mux(clamped == 0, 0, (C(1, 1) << clamped) >> 1))]
-        # 2: scale. 3: round half up. 4: arithmetic shift.
-        m.d.sync += product.eq(x * self.mult)
-        m.d.sync += rounded.eq(product + half)
-        m.d.sync += scaled.eq(rounded >> shift)
-        # 5: saturate.
+        # 2: scale, as 16-bit pieces of x times the 16-bit multiplier: each piece
+        # is one DSP multiplier on iCE40 (16x16) and ECP5 (18x18), where a 33x16
+        # product spans several DSPs joined by slow adders. Pieces are unsigned
+        # but the top one, which carries the sign.
+        pieces = []
+        for n, low in enumerate(range(0, aw + 1, 16)):
+            chunk = x[low:low + 16]
+            if low + 16 >= aw + 1:
+                chunk = chunk.as_signed()
+            partial = Signal(signed(len(chunk) + self.mult_width + 1), name=f"partial{n}")
+            m.d.sync += partial.eq(chunk * self.mult)
+            pieces.append((partial, low))
+        # 3: add the pieces in two halves, the rounding term with the upper one.
+        lower = Signal(signed(width + 1))
+        upper = Signal(signed(width + 1))
+        m.d.sync += lower.eq(sum(part << low for part, low in pieces[:2]))
+        m.d.sync += upper.eq(sum((part << low for part, low in pieces[2:]), half))
+        # 4: round half up (the sum of both halves). 5: arithmetic shift.
+        m.d.sync += rounded.eq(lower + upper)
+        shift_delayed = [Signal.like(shift, name=f"shift_d{n}") for n in range(3)]
+        m.d.sync += [shift_delayed[0].eq(shift), shift_delayed[1].eq(shift_delayed[0]),
+                     shift_delayed[2].eq(shift_delayed[1])]
+        m.d.sync += scaled.eq(rounded >> shift_delayed[2])
+        # 6: saturate.
         lo, hi = -(1 << (iw - 1)), (1 << (iw - 1)) - 1
         with m.If(scaled < lo):
             m.d.sync += self.out_q.eq(lo)
