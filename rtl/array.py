@@ -23,7 +23,7 @@ from amaranth import *
 from amaranth.lib import wiring, data
 from amaranth.lib.wiring import In, Out
 
-from .pe import WeightStationaryPE, OutputStationaryPE
+from .pe import WeightStationaryPE, OutputStationaryPE, PRODUCT_STAGES
 
 __all__ = ["SystolicArray"]
 
@@ -91,8 +91,8 @@ class SystolicArray(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from a beat to its first result row (``Geometry.array_latency``):
-        an input register, the skew, two stages per PE on the sum's path."""
-        return self.rows + self.cols + 1
+        an input register, the skew, the PEs' product registers, the sum's path."""
+        return self.rows + self.cols + PRODUCT_STAGES
 
     @property
     def os_spacing(self) -> int:

@@ -188,8 +188,9 @@ class Geometry:
 
     @property
     def array_latency(self) -> int:
-        """Cycles from a beat entering the array to its (first) result row leaving it."""
-        return self.rows + self.cols + 1
+        """Cycles from a beat entering the array to its (first) result row leaving it:
+        the input register, the skew, the PE's two product registers, the sum's path."""
+        return self.rows + self.cols + 2
 
     @property
     def os_spacing(self) -> int:

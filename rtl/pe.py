@@ -6,7 +6,10 @@ from amaranth import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["WeightStationaryPE", "OutputStationaryPE"]
+__all__ = ["WeightStationaryPE", "OutputStationaryPE", "PRODUCT_STAGES"]
+
+# Registers from the operands to the product (DSP input and output registers).
+PRODUCT_STAGES = 2
 
 
 def _check_widths(input_width, acc_width):
@@ -22,11 +25,11 @@ def _check_widths(input_width, acc_width):
 class WeightStationaryPE(wiring.Component):
     """A weight-stationary PE: ``psum_out <= psum_in + a_in * weight``, in two stages.
 
-    The product is registered before the add (the DSP's output register), so
-    neither the multiplier nor the adder chain sets the clock alone; the
-    partial sum therefore takes two cycles per PE while the activation takes
-    one, and ``psum_in`` is used one cycle after ``a_in``, which is exactly when
-    the PE above delivers it.
+    The multiplier has registers on its inputs and its output (``PRODUCT_STAGES``),
+    so neither it, the routing to a DSP block, nor the adder chain sets the
+    clock alone. ``psum_in`` is used ``PRODUCT_STAGES`` cycles after ``a_in``,
+    which is exactly when the PE above delivers it: the partial sum still
+    advances one PE a cycle.
 
     The weight is double-buffered. ``w_load`` writes ``w_data`` into the shadow
     register; the beat that carries ``swap_in`` multiplies with the shadow and
@@ -56,8 +59,9 @@ class WeightStationaryPE(wiring.Component):
         m = Module()
         shadow = Signal(signed(self.input_width))
         active = Signal(signed(self.input_width))
+        a_reg = Signal(signed(self.input_width))
+        w_reg = Signal(signed(self.input_width))
         product = Signal(signed(2 * self.input_width))
-        weight = Mux(self.swap_in, shadow, active)
         with m.If(self.w_load):
             m.d.sync += shadow.eq(self.w_data)
         with m.If(self.valid_in & self.swap_in):
@@ -66,7 +70,9 @@ class WeightStationaryPE(wiring.Component):
             self.a_out.eq(self.a_in),
             self.valid_out.eq(self.valid_in),
             self.swap_out.eq(self.valid_in & self.swap_in),
-            product.eq(self.a_in * weight),
+            a_reg.eq(self.a_in),
+            w_reg.eq(Mux(self.swap_in, shadow, active)),
+            product.eq(a_reg * w_reg),
             self.psum_out.eq(self.psum_in + product),
         ]
         return m
@@ -77,9 +83,9 @@ class OutputStationaryPE(wiring.Component):
 
     ``first_in`` starts a new sum; on ``last_in`` the finished sum is copied to
     the result register, so the next tile can accumulate while the results
-    shift down the column (``shift``: ``result <= result_in``). The product is
-    registered before the accumulation (as in the WS PE), so the sum, and the
-    result, land one cycle after the operands pass.
+    shift down the column (``shift``: ``result <= result_in``). The multiplier
+    has registered inputs and output (as in the WS PE), so the sum, and the
+    result, land ``PRODUCT_STAGES`` cycles after the operands pass.
 
     Members
     -------
@@ -105,10 +111,17 @@ class OutputStationaryPE(wiring.Component):
         m = Module()
         acc = Signal(signed(self.acc_width))
         total = Signal(signed(self.acc_width))
+        a_reg = Signal(signed(self.input_width))
+        b_reg = Signal(signed(self.input_width))
         product = Signal(signed(2 * self.input_width))
-        valid, first, last = Signal(), Signal(), Signal()
-        m.d.sync += [product.eq(self.a_in * self.b_in), valid.eq(self.valid_in),
-                     first.eq(self.first_in), last.eq(self.last_in)]
+        flags = [(Signal(name=f"valid{n}"), Signal(name=f"first{n}"), Signal(name=f"last{n}"))
+                 for n in range(PRODUCT_STAGES)]
+        m.d.sync += [a_reg.eq(self.a_in), b_reg.eq(self.b_in), product.eq(a_reg * b_reg)]
+        previous = (self.valid_in, self.first_in, self.last_in)
+        for stage in flags:
+            m.d.sync += [reg.eq(value) for reg, value in zip(stage, previous)]
+            previous = stage
+        valid, first, last = flags[-1]
         m.d.comb += total.eq(Mux(first, 0, acc) + product)
         with m.If(valid):
             m.d.sync += acc.eq(total)

@@ -5,7 +5,7 @@ import torch
 from amaranth.sim import Simulator
 
 from rtl.array import SystolicArray
-from rtl.pe import WeightStationaryPE, OutputStationaryPE
+from rtl.pe import WeightStationaryPE, OutputStationaryPE, PRODUCT_STAGES
 
 
 def _run(dut, testbench, *, deadline_cycles=10_000):
@@ -16,26 +16,28 @@ def _run(dut, testbench, *, deadline_cycles=10_000):
 
 
 def test_ws_pe_multiplies_with_the_swapped_in_weight():
-    """Product of a_in and the weight at cycle t, plus psum_in at t+1, is psum_out at t+2."""
+    """Product of a_in and the weight at cycle t, plus psum_in at t+S, is psum_out at t+S+1
+    (S = PRODUCT_STAGES)."""
     dut = WeightStationaryPE(input_width=8, acc_width=32)
-    # (w_load, w_data, a_in, swap_in) at cycle t; psum_in given at t+1.
+    # (w_load, w_data, a_in, swap_in) at cycle t; psum_in given at t+S.
     beats = [(1, -7, 0, 0, 0), (0, 0, 5, 1, 100), (1, 3, -128, 0, 1), (0, 0, 127, 1, -5), (0, 0, 2, 0, 0)]
     seen = []
 
     async def bench(ctx):
-        psum_next = 0
-        for t, (load, w, a, swap, psum) in enumerate(beats + [(0, 0, 0, 0, 0)] * 2):
+        psums = [0] * PRODUCT_STAGES
+        for t, (load, w, a, swap, psum) in enumerate(beats + [(0, 0, 0, 0, 0)] * 3):
             ctx.set(dut.w_load, load); ctx.set(dut.w_data, w)
             ctx.set(dut.a_in, a); ctx.set(dut.valid_in, 1); ctx.set(dut.swap_in, swap)
-            ctx.set(dut.psum_in, psum_next)
-            psum_next = psum
+            psums.append(psum)
+            ctx.set(dut.psum_in, psums.pop(0))
             await ctx.tick()
             seen.append(ctx.get(dut.psum_out))
 
     _run(dut, bench, deadline_cycles=30)
     # Beat 1 swaps in -7; beat 2 keeps it while 3 loads into the shadow; beat 3 swaps 3 in.
-    assert seen[2:5] == [100 + 5 * -7, 1 + -128 * -7, -5 + 127 * 3]
-    assert seen[5] == 0 + 2 * 3
+    s = PRODUCT_STAGES
+    assert seen[1 + s:4 + s] == [100 + 5 * -7, 1 + -128 * -7, -5 + 127 * 3]
+    assert seen[4 + s] == 0 + 2 * 3
 
 
 def test_os_pe_accumulates_and_captures():
@@ -49,7 +51,7 @@ def test_os_pe_accumulates_and_captures():
             ctx.set(dut.first_in, t == 0); ctx.set(dut.last_in, t == 2)
             await ctx.tick()
         ctx.set(dut.valid_in, 0)
-        await ctx.tick()             # the product stage
+        await ctx.tick().repeat(PRODUCT_STAGES)
         seen.append(ctx.get(dut.result))
         ctx.set(dut.shift, 1); ctx.set(dut.result_in, 42)
         await ctx.tick()
