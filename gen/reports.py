@@ -1,0 +1,156 @@
+"""Synthesis and place-and-route reports: nextpnr's JSON report and log to ``resources.json``.
+
+``resources.json`` (written after the ``pnr`` stage)::
+
+    {
+      "device": "iCE40UP5K-SG48", "family": "ice40", "board": "icebreaker",
+      "resources": {"lcs": {"used": 767, "available": 5280, "bel": "ICESTORM_LC"},
+                    "luts": ..., "ffs": ..., "dsps": ..., "brams": ..., "sprams": ..., "ios": ...},
+      "bels": {nextpnr's utilization, every BEL type},
+      "clocks": {"<net>": {"fmax_mhz": 27.0, "constraint_mhz": 12.0, "met": true}},
+      "fmax_mhz": 27.0, "constraint_mhz": 12.0, "timing_met": true,
+      "critical_path": {"from": "cell.port", "to": "cell.port", "delay_ns": 36.1, "clock": "..."}
+    }
+
+``used``/``available`` come from nextpnr; for iCE40, whose logic cells pair a
+LUT and a FF, ``luts`` and ``ffs`` count the synthesized SB_LUT4 and SB_DFF*
+cells (available: one of each per LC).
+"""
+
+import json
+import pathlib
+import re
+
+__all__ = ["DoesNotFit", "RESOURCE_BELS", "resources_from_pnr", "does_not_fit", "netlist_cells",
+           "timing_summary", "multipliers_from_dump"]
+
+
+class DoesNotFit(RuntimeError):
+    """The design needs more of a resource than the device has; the message is one line."""
+
+
+# resource -> (nextpnr BEL type per family, what a person calls it)
+RESOURCE_BELS = {
+    "ice40": {"lcs": ("ICESTORM_LC", "logic cells"), "dsps": ("ICESTORM_DSP", "DSPs (SB_MAC16)"),
+              "brams": ("ICESTORM_RAM", "BRAMs (SB_RAM40_4K)"),
+              "sprams": ("ICESTORM_SPRAM", "SPRAMs"), "ios": ("SB_IO", "IOs"),
+              "plls": ("ICESTORM_PLL", "PLLs"), "globals": ("SB_GB", "global buffers")},
+    "ecp5": {"luts": ("TRELLIS_COMB", "LUT4s"), "ffs": ("TRELLIS_FF", "FFs"),
+             "dsps": ("MULT18X18D", "DSP multipliers (MULT18X18D)"),
+             "brams": ("DP16KD", "BRAMs (DP16KD)"), "ios": ("TRELLIS_IO", "IOs"),
+             "plls": ("EHXPLLL", "PLLs")},
+}
+
+_BEL_NAMES = {bel: name for family in RESOURCE_BELS.values() for bel, name in family.values()}
+
+_UTIL_LINE = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", re.MULTILINE)
+_NO_BELS = re.compile(r"no BELs remaining to implement cell type '(\w+)'")
+
+
+def netlist_cells(netlist_json: pathlib.Path) -> dict:
+    """Cell type -> count in the top module of Yosys's JSON netlist."""
+    netlist = json.loads(pathlib.Path(netlist_json).read_text())
+    modules = netlist.get("modules", {})
+
+    def is_top(module):
+        top = str(module.get("attributes", {}).get("top", "0"))
+        return int(top, 2) == 1 if set(top) <= {"0", "1"} else bool(top)
+
+    tops = [m for m in modules.values() if is_top(m)] or \
+        sorted(modules.values(), key=lambda m: len(m.get("cells", {})))[-1:]
+    counts = {}
+    for module in tops:
+        for cell in module.get("cells", {}).values():
+            counts[cell["type"]] = counts.get(cell["type"], 0) + 1
+    return counts
+
+
+def multipliers_from_dump(text: str) -> list[tuple[str, int, int]]:
+    """(cell name, A width, B width) of each ``$mul`` in Yosys ``dump`` output."""
+    out = []
+    for name, params in re.findall(r"cell \$mul (\S+)\n((?:[ \t]+parameter .*\n)+)", text):
+        widths = dict(re.findall(r"parameter \\(\w+_WIDTH) (\d+)", params))
+        out.append((name, int(widths["A_WIDTH"]), int(widths["B_WIDTH"])))
+    return out
+
+
+def does_not_fit(log_text: str, device: str) -> str | None:
+    """The one line that says which resource overflowed, or None if the log shows no overflow."""
+    over = [(bel, int(used), int(avail)) for bel, used, avail in _UTIL_LINE.findall(log_text)
+            if int(used) > int(avail)]
+    if over:
+        parts = [f"{used} {_BEL_NAMES.get(bel, bel)}"
+                 f"{'' if bel in _BEL_NAMES.get(bel, bel) else f' ({bel})'} "
+                 f"but the device has {avail}"
+                 for bel, used, avail in dict.fromkeys(over)]
+        return f"design does not fit {device}: it needs " + "; ".join(parts)
+    match = _NO_BELS.search(log_text)
+    if match:
+        bel = match.group(1)
+        return (f"design does not fit {device}: no {_BEL_NAMES.get(bel, bel)} left for cell "
+                f"type {bel} (see the utilisation in the nextpnr log)")
+    return None
+
+
+def _path_end(point: dict) -> str:
+    return f"{point.get('cell', '?')}.{point.get('port', '?')}"
+
+
+def _critical_path(report: dict, clock: str | None) -> dict | None:
+    paths = report.get("critical_paths") or []
+    if not paths:
+        return None
+    chosen = next((p for p in paths if clock and clock in p.get("from", "")
+                   and clock in p.get("to", "")), paths[0])
+    steps = chosen.get("path") or []
+    if not steps:
+        return None
+    return {
+        "from": _path_end(steps[0]["from"]),
+        "to": _path_end(steps[-1]["to"]),
+        "delay_ns": round(sum(step.get("delay", 0.0) for step in steps), 3),
+        "clock": chosen.get("from"),
+        "logic_ns": round(sum(s.get("delay", 0.0) for s in steps if s.get("type") != "routing"), 3),
+        "routing_ns": round(sum(s.get("delay", 0.0) for s in steps if s.get("type") == "routing"), 3),
+    }
+
+
+def timing_summary(report: dict) -> dict:
+    clocks = {}
+    for net, value in (report.get("fmax") or {}).items():
+        achieved, constraint = value.get("achieved"), value.get("constraint")
+        clocks[net] = {"fmax_mhz": round(achieved, 2), "constraint_mhz": round(constraint, 2),
+                       "met": achieved >= constraint - 1e-3}
+    return clocks
+
+
+def resources_from_pnr(report_json: pathlib.Path, *, family: str, device: str, board: str | None,
+                       netlist_json: pathlib.Path | None = None) -> dict:
+    """Build the ``resources.json`` dictionary from nextpnr's ``--report`` output."""
+    report = json.loads(pathlib.Path(report_json).read_text())
+    bels = report.get("utilization", {})
+    resources = {}
+    for name, (bel, _) in RESOURCE_BELS[family].items():
+        if bel in bels:
+            resources[name] = {"used": bels[bel]["used"], "available": bels[bel]["available"],
+                               "bel": bel}
+    if family == "ice40" and "lcs" in resources:
+        cells = netlist_cells(netlist_json) if netlist_json and pathlib.Path(netlist_json).exists() \
+            else {}
+        lcs = resources["lcs"]["available"]
+        resources["luts"] = {"used": cells.get("SB_LUT4", 0), "available": lcs, "bel": "SB_LUT4"}
+        resources["ffs"] = {"used": sum(n for t, n in cells.items() if t.startswith("SB_DFF")),
+                            "available": lcs, "bel": "SB_DFF*"}
+    clocks = timing_summary(report)
+    worst = min(clocks.items(), key=lambda kv: kv[1]["fmax_mhz"] / kv[1]["constraint_mhz"],
+                default=(None, None))
+    return {
+        "device": device, "family": family, "board": board,
+        "resources": resources,
+        "bels": bels,
+        "clocks": clocks,
+        "fmax_mhz": worst[1]["fmax_mhz"] if worst[1] else None,
+        "constraint_mhz": worst[1]["constraint_mhz"] if worst[1] else None,
+        "timing_met": all(c["met"] for c in clocks.values()),
+        "critical_path": _critical_path(report, worst[0]),
+    }

