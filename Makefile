@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 CONFIG ?= configs/default.toml
 JOBS   ?= 2
 
-.PHONY: setup demo test bench cocotb clean
+.PHONY: setup demo test bench cocotb bitstream program clean
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11" >&2; exit 1; }
@@ -36,6 +36,13 @@ test: setup
 bench: setup
 	$(PY) -m bench.utilization --plot docs/img/utilization.png
 	$(PY) -m bench.simspeed
+	$(PY) -m bench.fpga_build configs/tiny.toml configs/orangecrab-25f.toml configs/default.toml
+
+bitstream: setup
+	$(PY) -m gen.build --config $(CONFIG) --stage bitstream
+
+program: setup
+	$(PY) -m gen.build --config $(CONFIG) --stage program
 
 cocotb: setup
 	SIM=$(or $(SIM),icarus) $(PY) -m pytest -q tests/cocotb

@@ -6,9 +6,11 @@ Takes a config as far as Tandem goes, one step after another:
 2. ``simulate``  run a random int8 matmul on the simulated RTL (the fastest backend,
                  or ``--backend``/``TANDEM_SIM``), check it against torch exactly, and
                  print cycles and array utilization (and the cycle model's count)
+3. ``bitstream`` synthesis, place and route and the bitstream for the config's board
+                 (gen.build), then its report: resources, Fmax, peak GOPS
+                 (``--no-bitstream`` stops before it)
 
-Hook for the FPGA flow: append steps with :func:`add_step` (``synth``, ``pnr``,
-``bitstream``, ...); each is ``fn(ctx: DemoContext) -> None``, runs after the ones
+More steps go in with :func:`add_step`; each is ``fn(ctx: DemoContext) -> None``, runs after the ones
 before it, reads and writes ``ctx.outputs`` and raises :class:`DemoError` with one
 line to stop the demo. A user error is one line on stderr and exit 2; a wrong
 result is exit 1.
@@ -116,8 +118,38 @@ def step_simulate(ctx: DemoContext):
                                "compute_utilization": util_compute}
 
 
+def step_bitstream(ctx: DemoContext):
+    """Synthesis, place and route and the bitstream for the config's board, with its report."""
+    import json
+    from .build import build, BuildError
+    if ctx.args.no_bitstream:
+        _say("bitstream", "skipped (--no-bitstream)")
+        return
+    if ctx.config.target.board is None:
+        _say("bitstream", "skipped: [target] names a device, not a board")
+        return
+    start = time.monotonic()
+    try:
+        result = build(ctx.config, ctx.out, stage="bitstream")
+    except BuildError as e:
+        raise DemoError(str(e)) from None
+    resources = json.loads((ctx.out / "resources.json").read_text())
+    used = ", ".join(f"{name} {r['used']}/{r['available']}"
+                     for name, r in resources["resources"].items()
+                     if name in ("luts", "lcs", "ffs", "dsps", "brams", "sprams") and r["available"])
+    peak_gops = 2 * ctx.config.accelerator.rows * ctx.config.accelerator.cols * \
+        min(resources["fmax_mhz"], ctx.config.target.clock_mhz) / 1000
+    _say("bitstream", f"{result.bitstream} for {ctx.config.target.board} "
+                      f"({resources['device']}) in {time.monotonic() - start:.0f} s")
+    _say("bitstream", f"{used}; Fmax {resources['fmax_mhz']:.1f} MHz for a "
+                      f"{ctx.config.target.clock_mhz:g} MHz clock; peak {peak_gops:.2f} int8 GOPS "
+                      f"at the clock; report {ctx.out / 'resources.json'}")
+    ctx.outputs["bitstream"] = result.bitstream
+
+
 add_step("verilog", step_verilog)
 add_step("simulate", step_simulate)
+add_step("bitstream", step_bitstream)
 
 
 def _shape(text):
@@ -137,6 +169,8 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", help="simulation backend (default: TANDEM_SIM or the fastest)")
     parser.add_argument("--shape", type=_shape, default=(96, 200, 72), help="M,K,N of the matmul")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-bitstream", action="store_true",
+                        help="stop after the simulation (the 8x8 default takes minutes to place and route)")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
