@@ -32,6 +32,7 @@ import time
 from amaranth.back import verilog
 
 from .config import ConfigError, load_config, Config
+from .provenance import git_commit
 
 __all__ = ["STAGES", "BuildError", "Build", "build", "generate_verilog", "write_manifest",
            "main"]
@@ -48,17 +49,6 @@ class BuildError(RuntimeError):
     def __init__(self, message, code=1):
         super().__init__(message)
         self.code = code
-
-
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def tool_versions() -> dict:

@@ -25,7 +25,6 @@ import os
 import pathlib
 import random
 import signal
-import subprocess
 import sys
 import time
 
@@ -37,6 +36,7 @@ from .data import Corpus, CorpusError, CharTokenizer, load_corpus, random_batch
 from .perplexity import evaluate
 from .space import SearchSpace, count_params
 from .transformer import Supernet
+from gen.provenance import git_commit
 
 __all__ = ["train_supernet", "load_supernet", "resolve_device", "main", "CHECKPOINT", "MANIFEST"]
 
@@ -44,17 +44,6 @@ CHECKPOINT = "checkpoint.pt"
 MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
 REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def versions() -> dict:
