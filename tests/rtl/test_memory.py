@@ -52,6 +52,7 @@ def test_transparent_read_sees_the_write_of_the_same_cycle():
     assert got == [42]
 
 
+@pytest.mark.filterwarnings("ignore:.*created but never used")
 def test_bad_parameters_name_themselves():
     with pytest.raises(ValueError, match="banks must be"):
         BankedMemory(width=8, depth=8, banks=3)
