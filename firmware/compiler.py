@@ -63,8 +63,9 @@ def _estimate(g: Geometry, M, K, N, plan: Plan) -> int:
     """Cycles to choose among plans, after ``firmware/cycles.py``: loads are serial at one
     byte a cycle (16 per instruction word); the engine runs each (unit, tile)'s MATMULs back
     to back, a MATMUL taking the longest of its fetch, its beats and (WS) its weight load
-    plus the guard; every run ends with a drain before the STORE. Stores are the same for
-    every plan and left out."""
+    plus the guard; every run is charged a drain (an overestimate now that outputs are
+    batched between drains, the same for every plan with the same unit). Stores are the
+    same for every plan and left out. It only ranks plans; the cycle model is the measure."""
     units = math.ceil(M / plan.unit_rows)
     tiles = math.ceil(N / g.cols)
     m_blocks = math.ceil(units / plan.units_per_block)
@@ -206,7 +207,6 @@ class _Emitter:
         self.K = K
         self.a_stride = _a_unit_stride(g, plan.unit_rows, plan.segments)
         self.bias_tile = None
-        self.acc_base = 0
 
     # Pieces: the rows one MATMUL reads.
     def a_piece(self, unit, segment):
@@ -247,13 +247,13 @@ class _Emitter:
         for t, tile in enumerate(tiles):
             self.load(base + t * self.K, self.b[:, tile[0]:tile[0] + tile[1]])
 
-    def matmul(self, unit, a_row, b_row, segment, accumulate):
+    def matmul(self, unit, a_row, b_row, segment, accumulate, acc_row=0):
         m, k = unit[1], segment[1]
         flags = Flags.ACCUMULATE if accumulate else 0
         self.program.add(Instruction(Opcode.MATMUL, flags=flags, addr0=a_row, addr1=b_row,
-                                     addr2=self.acc_base, count0=m, count1=k))
+                                     addr2=acc_row, count0=m, count1=k))
 
-    def store(self, unit, tile):
+    def store(self, unit, tile, acc_row=0):
         g = self.g
         if self.bias is not None and self.bias_tile != tile:
             lanes = np.zeros(g.cols, dtype=np.int64)
@@ -261,21 +261,28 @@ class _Emitter:
             self.program.add(Instruction(Opcode.SET_BIAS), pack_acc_lanes(lanes, g.acc_width))
             self.bias_tile = tile
         self.program.add(
-            Instruction(Opcode.STORE, flags=self.store_flags, addr0=self.acc_base,
+            Instruction(Opcode.STORE, flags=self.store_flags, addr0=acc_row,
                         count0=unit[1], mult=self.mult, shift=self.shift),
             place=Placement(unit[0], tile[0], unit[1], tile[1]))
-        # Alternate accumulator halves so a controller may overlap a STORE with the next MATMUL.
-        if 2 * self.plan.unit_rows <= g.acc_depth:
-            self.acc_base = g.acc_depth // 2 - self.acc_base if self.acc_base == 0 else 0
 
     def compute(self, units, unit_base, tiles, tile_base):
-        for t, tile in enumerate(tiles):
-            for u, unit in enumerate(units):
+        # The MATMULs of as many (tile, unit) outputs as the accumulator holds go first and
+        # their STOREs after, so the engine drains (and a STORE waits for it) once a batch,
+        # not once an output: in OS, where an output is one rows x cols tile, that drain is
+        # most of the overhead.
+        rows = self.plan.unit_rows
+        per_batch = max(1, self.g.acc_depth // rows)
+        outputs = [(t, tile, u, unit) for t, tile in enumerate(tiles) for u, unit in enumerate(units)]
+        for first in range(0, len(outputs), per_batch):
+            batch = outputs[first:first + per_batch]
+            for slot, (t, tile, u, unit) in enumerate(batch):
                 for i, segment in enumerate(self.plan.segments):
                     a_row = unit_base + u * self.a_stride + self.a_piece_offset(i, segment)
                     b_row = tile_base + t * self.K + segment[0]
-                    self.matmul(unit, a_row, b_row, segment, accumulate=i > 0)
-                self.store(unit, tile)
+                    self.matmul(unit, a_row, b_row, segment, accumulate=i > 0,
+                                acc_row=slot * rows)
+            for slot, (t, tile, u, unit) in enumerate(batch):
+                self.store(unit, tile, acc_row=slot * rows)
 
     def run(self):
         plan = self.plan
