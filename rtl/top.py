@@ -6,14 +6,13 @@ testbench drives these two streams.
 """
 
 from amaranth import *
-from amaranth.lib import wiring, stream
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import wiring
 
 from .isa import Geometry
 from .array import SystolicArray
 from .memory import BankedMemory
 from .requant import Requantizer
-from .controller import Controller
+from .controller import Controller, host_ports
 
 __all__ = ["Accelerator"]
 
@@ -30,11 +29,7 @@ class Accelerator(wiring.Component):
         if not isinstance(geometry, Geometry):
             raise TypeError(f"geometry must be an rtl.isa.Geometry, not {geometry!r}")
         self.geometry = geometry
-        super().__init__({
-            "i": In(stream.Signature(8)),
-            "o": Out(stream.Signature(8)),
-            "busy": Out(1),
-        })
+        super().__init__(host_ports())
 
     def elaborate(self, platform):
         m = Module()
