@@ -31,7 +31,7 @@ import typing
 from rtl.isa import Geometry
 
 __all__ = ["ConfigError", "AcceleratorConfig", "TargetConfig", "Config",
-           "load_config", "parse_config", "register_section"]
+           "load_config", "parse_config", "read_toml", "register_section"]
 
 
 class ConfigError(ValueError):
@@ -161,17 +161,25 @@ def parse_config(document: dict, *, name: str = "config", source: str | None = N
     return Config(name=name, accelerator=accelerator, target=target, extra=built, source=source)
 
 
-def load_config(path) -> Config:
-    """Read a TOML config; the config's name is the file's stem."""
+def read_toml(path, error=None) -> dict:
+    """A TOML file as a dict; a missing or malformed file raises ``error`` (a ConfigError
+    subclass by default) with one line naming it."""
+    error = error or ConfigError
     path = pathlib.Path(path)
     try:
         text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist; see configs/ for examples") from None
+    except (FileNotFoundError, IsADirectoryError):
+        raise error(f"config file {str(path)!r} does not exist; see configs/ for examples") from None
     try:
-        document = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        raise error(f"{path}: not valid TOML: {e}") from None
+
+
+def load_config(path) -> Config:
+    """Read a TOML config; the config's name is the file's stem."""
+    path = pathlib.Path(path)
+    document = read_toml(path)
     try:
         return parse_config(document, name=path.stem, source=str(path))
     except ConfigError as e:

@@ -26,8 +26,9 @@ line tools print it and exit with status 2.
 
 from dataclasses import dataclass, fields, asdict
 import pathlib
-import tomllib
 import typing
+
+from gen.config import read_toml
 
 from .space import SearchSpace, FFN_VARIANTS
 
@@ -222,14 +223,7 @@ def parse_run_config(document: dict, *, name="config", source=None, need_study=F
 def load_run_config(path, *, need_study=False) -> RunConfig:
     """Read a TOML training config; its name is the file's stem."""
     path = pathlib.Path(path)
-    try:
-        text = path.read_text()
-    except (FileNotFoundError, IsADirectoryError):
-        raise ModelConfigError(f"config file {str(path)!r} does not exist; see configs/ for examples") from None
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ModelConfigError(f"{path}: not valid TOML: {e}") from None
+    document = read_toml(path, ModelConfigError)
     try:
         return parse_run_config(document, name=path.stem, source=str(path), need_study=need_study)
     except ModelConfigError as e:
