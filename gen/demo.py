@@ -32,7 +32,12 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 class DemoError(RuntimeError):
-    """Stops the demo; the message is one line for the user."""
+    """Stops the demo; the message is one line for the user, ``code`` the exit status
+    (2: something the user can change; 1: a wrong result or a failed build)."""
+
+    def __init__(self, message, code=2):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -100,7 +105,7 @@ def step_simulate(ctx: DemoContext):
     golden = golden.to(torch.int32).numpy()   # int64 -> int32 wraps, as the accumulator does
     wrong = int((c != golden).sum())
     if wrong:
-        raise DemoError(f"{wrong} of {c.size} results differ from torch; the RTL is wrong")
+        raise DemoError(f"{wrong} of {c.size} results differ from torch; the RTL is wrong", code=1)
     report = cycle_report(device.program, g)
     macs = M * K * N
     cycles = device.cycles if device.cycles is not None else report.total_cycles
@@ -132,16 +137,13 @@ def step_bitstream(ctx: DemoContext):
     try:
         result = build(ctx.config, ctx.out, stage="bitstream")
     except BuildError as e:
-        raise DemoError(str(e)) from None
+        raise DemoError(str(e), code=e.code) from None
     resources = json.loads((ctx.out / "resources.json").read_text())
-    used = ", ".join(f"{name} {r['used']}/{r['available']}"
-                     for name, r in resources["resources"].items()
-                     if name in ("luts", "lcs", "ffs", "dsps", "brams", "sprams") and r["available"])
     peak_gops = 2 * ctx.config.accelerator.rows * ctx.config.accelerator.cols * \
         min(resources["fmax_mhz"], ctx.config.target.clock_mhz) / 1000
     _say("bitstream", f"{result.bitstream} for {ctx.config.target.board} "
                       f"({resources['device']}) in {time.monotonic() - start:.0f} s")
-    _say("bitstream", f"{used}; Fmax {resources['fmax_mhz']:.1f} MHz for a "
+    _say("bitstream", f"Fmax {resources['fmax_mhz']:.1f} MHz for a "
                       f"{ctx.config.target.clock_mhz:g} MHz clock; peak {peak_gops:.2f} int8 GOPS "
                       f"at the clock; report {ctx.out / 'resources.json'}")
     ctx.outputs["bitstream"] = result.bitstream
@@ -184,7 +186,7 @@ def main(argv=None) -> int:
             fn(ctx)
         except DemoError as e:
             print(f"error: [{name}] {e}", file=sys.stderr)
-            return 1 if "wrong" in str(e) else 2
+            return e.code
         except ValueError as e:  # bad arguments a user gave (backend name, shapes)
             print(f"error: [{name}] {e}", file=sys.stderr)
             return 2
