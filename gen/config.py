@@ -11,6 +11,10 @@ A config file has an ``[accelerator]`` table and a ``[target]`` table::
     scratchpad_kib = 16   # operand memory
     accumulator_kib = 16  # int32 result memory
     banks = 2             # memory banks: 1, 2, 4 or 8
+    program_kib = 32      # on-chip program memory (0 = none: host-streamed programs only)
+    tokens = 128          # token buffer: the longest prompt + generation a RUN holds
+    units = ["elementwise", "gelu", "softmax", "layernorm", "embed", "argmax"]
+    vector_lanes = 1      # elements the vector units take a cycle (divides cols)
 
     [target]
     board = "ulx3s-85f"   # a name from boards.BOARDS, or give device instead
@@ -48,6 +52,10 @@ class AcceleratorConfig:
     scratchpad_kib: float = 16
     accumulator_kib: float = 16
     banks: int = 2
+    program_kib: float = 0
+    tokens: int = 0
+    units: tuple[str, ...] = ()
+    vector_lanes: int = 1
 
     def __post_init__(self):
         try:
@@ -110,6 +118,12 @@ class Config:
 
 
 def _check_type(section: str, key: str, value, annotation):
+    if typing.get_origin(annotation) is tuple:
+        item = typing.get_args(annotation)[0]
+        if not isinstance(value, list) or not all(isinstance(v, item) for v in value):
+            raise ConfigError(f"[{section}] {key} = {value!r} has the wrong type; it must be a "
+                              f"list of {item.__name__}")
+        return tuple(value)
     allowed = typing.get_args(annotation) or (annotation,)
     allowed = tuple(a for a in allowed if a is not type(None)) if value is not None else allowed
     for kind in allowed:

@@ -1,49 +1,87 @@
-"""Tandem instruction set: the one contract between the hardware and the software.
+"""Tandem instruction set (ISA v1): the one contract between the hardware and the software.
 
 The accelerator reads one byte stream from the host. It carries 16-byte
 instruction words (little-endian, layout :data:`INSTRUCTION`), some of them
 followed by a payload of data bytes; the accelerator answers on a second byte
 stream. The controller (``rtl/controller.py``) decodes these words; the compiler
 (``firmware/``) encodes them with :func:`encode`. Nothing else may know the
-bit positions.
+bit positions. ``docs/intmath.md`` defines every integer function of the
+vector units bit for bit; it is normative, and the RTL, the ISA interpreter (``firmware/functional.py``) and
+the integer reference (``firmware/reference.py``) implement them
+independently.
 
-Instructions (``addr*``/``count*`` are row indices and row counts)::
+Instructions come from the host stream or, once loaded, from the on-chip
+**program memory** (``RUN``). ``addr*``/``count*`` are row indices and row
+counts unless said otherwise.
+
+Host stream and program alike::
 
     NOP       -
-    LOAD_SP   addr0=scratchpad row, count0=rows
-              payload: count0 scratchpad rows of geometry.sp_row_bytes bytes
-    SET_BIAS  payload: cols bias lanes of geometry.acc_bytes bytes each
     MATMUL    addr0=A row, addr1=B row, addr2=accumulator row,
-              count0=m, count1=k, flags.accumulate
+              count0=m, count1=k, flags.ACCUMULATE
               WS: B holds k<=rows scratchpad rows of cols lanes (B[k, n]);
                   A holds m rows of k lanes (A[m, k]); m result rows are
                   written from addr2 on.
               OS: A holds k rows of m<=rows lanes (A transposed: A^T[k, m]),
                   B holds k rows of cols lanes; m result rows from addr2.
               Lanes of A beyond k (WS) are ignored, so stale scratchpad data
-              cannot leak into a result.
-    STORE     addr0=accumulator row, count0=rows, flags.bias, flags.requant,
+              cannot leak into a result. A MATMUL with no beats (WS m=0,
+              OS k=0 or m=0) writes nothing.
+    REQUANT   addr0=accumulator row, addr1=scratchpad row, count0=rows,
+              flags.BIAS, mult, shift: requantized rows into the scratchpad
+              (lanes 0..cols-1; higher lanes are written as zero)
+    VEC       tag=VecOp: a vector-unit operation (see VecOp and docs/intmath.md)
+    SETP      tag=param index (0..NUM_PARAMS-1), value = addr0 | addr1 << 16
+              as a signed 32-bit number: P[tag] = value
+    BRANCH    tag=Branch condition, addr0=target program word
+    EMIT      send TOK[POS+1] (2 bytes, little-endian) if fewer than N tokens
+              have been sent in this RUN; otherwise nothing
+    HALT      end the RUN: pad the reply to 2N bytes with 0xFF, back to the host stream
+    SYNC      tag: reply one byte, the tag (the host waits on it)
+
+Host stream only (illegal inside a program)::
+
+    LOAD_SP   addr0=scratchpad row, count0=rows
+              payload: count0 scratchpad rows of geometry.sp_row_bytes bytes
+    LOAD_ACC  addr0=accumulator row, count0=rows
+              payload: count0 rows of geometry.acc_row_bytes bytes
+    LOAD_PROG addr0=program word, count0=words; payload: count0 x 16 bytes
+    SET_BIAS  payload: cols bias lanes of geometry.acc_bytes bytes each
+    STORE     addr0=accumulator row, count0=rows, flags.BIAS, flags.REQUANT,
               mult, shift
               reply: count0 rows; raw: cols lanes of acc_bytes bytes;
               requantized: geometry.out_row_bytes bytes (input_width lanes).
-    REQUANT   addr0=accumulator row, addr1=scratchpad row, count0=rows,
-              flags.bias, mult, shift: requantized rows into the scratchpad
-              (lanes 0..cols-1; higher lanes are written as zero)
     STORE_SP  addr0=scratchpad row, count0=rows
               reply: count0 rows of geometry.sp_row_bytes bytes
-    SYNC      tag: reply one byte, the tag (the host waits on it)
+    RUN       addr0=entry word, count0=P (prompt tokens, >= 1), count1=N
+              (tokens to generate); payload: P token ids, 2 bytes each (LE),
+              written to TOK[0..P-1]. Sets POS=0 and runs the program from
+              addr0 until HALT. Reply: exactly 2N bytes (the EMITs, padded).
+    STATUS    reply 4 bytes: error code, opcode of the failing instruction,
+              program word of it (2 bytes LE; 0xFFFF for the host stream)
+    RESET     clear the error, the registers and the bias lanes (memories keep
+              their contents: a loaded model survives a reset)
+
+Errors. An illegal instruction (a reserved opcode, a host-only opcode in a
+program, a unit the config lacks, a row outside its memory, WS k > rows or OS
+m > rows, a RUN with P = 0 or P + N > geometry.tokens, a program word outside
+program memory) is not executed and sets a sticky error (:class:`ErrorCode`).
+From then on every instruction but STATUS and RESET is skipped: its payload
+is read and dropped and its reply bytes, if any, are all 0xFF, so the reply
+has the length the host expects. A RUN stops at the failing instruction and
+pads its reply to 2N bytes of 0xFF.
 
 Numbers on the wire are two's complement, little-endian. A row of lanes of
 ``w`` bits is packed lane 0 first into ``ceil(lanes * w / 8)`` bytes.
 
 Requantization (round half up, i.e. towards +infinity, then saturation)::
 
-    x = acc + (bias if flags.bias else 0)            # exact, acc_width + 1 bits
+    x = acc + (bias if flags.BIAS else 0)            # exact, acc_width + 1 bits
     y = floor((x * mult + 2**(shift - 1)) / 2**shift)  # shift >= 1
     y = floor(x * mult)                               # shift == 0
     out = clamp(y, -2**(input_width - 1), 2**(input_width - 1) - 1)
 
-A raw STORE with flags.bias returns ``acc + bias`` wrapped to acc_width bits,
+A raw STORE with flags.BIAS returns ``acc + bias`` wrapped to acc_width bits,
 as int32 addition wraps in torch.
 """
 
@@ -53,7 +91,8 @@ import enum as py_enum
 from amaranth.lib import data, enum
 
 __all__ = [
-    "Opcode", "Flags", "INSTRUCTION", "INSTRUCTION_BYTES", "Instruction",
+    "Opcode", "Flags", "VecOp", "Branch", "ErrorCode", "Param", "UNITS", "VEC_UNIT",
+    "HOST_ONLY", "NUM_PARAMS", "INSTRUCTION", "INSTRUCTION_BYTES", "Instruction",
     "encode", "decode", "Geometry", "REQUANT_LATENCY", "WRITEBACK_STAGES",
 ]
 
@@ -64,7 +103,7 @@ WRITEBACK_STAGES = 3  # accumulator read-modify-write after a result row leaves 
 INSTRUCTION_BYTES = 16
 
 
-class Opcode(enum.Enum, shape=4):
+class Opcode(enum.Enum, shape=5):
     NOP = 0
     LOAD_SP = 1
     SET_BIAS = 2
@@ -73,15 +112,86 @@ class Opcode(enum.Enum, shape=4):
     REQUANT = 5
     STORE_SP = 6
     SYNC = 7
+    LOAD_ACC = 8
+    LOAD_PROG = 9
+    RUN = 10
+    STATUS = 11
+    RESET = 12
+    VEC = 13
+    SETP = 14
+    BRANCH = 15
+    EMIT = 16
+    HALT = 17
+
+
+# Opcodes that only the host stream may carry (illegal inside a program).
+HOST_ONLY = frozenset({Opcode.LOAD_SP, Opcode.LOAD_ACC, Opcode.LOAD_PROG, Opcode.SET_BIAS,
+                       Opcode.STORE, Opcode.STORE_SP, Opcode.RUN, Opcode.STATUS, Opcode.RESET})
 
 
 class Flags(py_enum.IntFlag):
     ACCUMULATE = 1  # MATMUL: add to the accumulator rows instead of overwriting them
     BIAS = 2        # STORE/REQUANT: add the bias lanes first
     REQUANT = 4     # STORE: requantize to input_width lanes instead of raw acc_width
+    POS = 8         # VEC SOFTMAX: n += POS; VEC COPY_SP: destination row += POS
+    PERCHAN = 16    # VEC REQ/ADD: per-channel multipliers from an accumulator vector
 
 
-FLAGS_WIDTH = 4
+class VecOp(py_enum.IntEnum):
+    """``tag`` of a VEC instruction. Vectors use the *vector layout*: element i of a
+    vector at row ``base`` is lane ``i % cols`` of row ``base + i // cols``
+    (scratchpad: int8 lanes, lanes >= cols unused; accumulator: int32 lanes).
+    ``n`` is count0. docs/intmath.md defines each one exactly."""
+    REQ = 0       # sp[addr2] = rq8(acc[addr0], M, shift); M = mult or acc vector addr1 (PERCHAN)
+    ADD = 1       # acc[addr0] = sat32(acc[addr0] + rq32(acc[addr1], M, shift)); M = mult or acc addr2
+    MUL = 2       # sp[addr2] = rq8(sp[addr0] * sp[addr1], mult, shift)
+    GELU = 3      # sp[addr2] = rq8(igelu(sp[addr0]; P[GELU_B], P[GELU_C], P[GELU_ONE]), mult, shift)
+    SOFTMAX = 4   # sp[addr2] = isoftmax(rq32(acc[addr0], mult, shift)) over n (+POS) of max(n, count1)
+    LAYERNORM = 5 # sp[addr2] = ilayernorm(acc[addr0]; gamma acc[addr1], beta after it, SH=count1)
+    EMBED = 6     # acc[addr2] = sat32(col(addr0, TOK[POS]) * mult + col(addr1, POS) * count1)
+    ARGMAX = 7    # TOK[POS+1] = first index of the max of acc[addr0] over n
+    COPY_ACC = 8  # acc rows addr2+r = acc rows addr0+r, r < count0
+    COPY_SP = 9   # sp rows addr1 + r*count1 (+POS) = sp rows addr0+r, r < count0
+    PUT_COL = 10  # sp[addr1 + (POS // cols)*n + i] lane POS % cols = element i of sp vector addr0
+
+
+# Which config unit each VecOp needs (``[units]`` in a config names the units present).
+VEC_UNIT = {
+    VecOp.REQ: "elementwise", VecOp.ADD: "elementwise", VecOp.MUL: "elementwise",
+    VecOp.COPY_ACC: "elementwise", VecOp.COPY_SP: "elementwise", VecOp.PUT_COL: "elementwise",
+    VecOp.GELU: "gelu", VecOp.SOFTMAX: "softmax", VecOp.LAYERNORM: "layernorm",
+    VecOp.EMBED: "embed", VecOp.ARGMAX: "argmax",
+}
+UNITS = ("elementwise", "gelu", "softmax", "layernorm", "embed", "argmax")
+
+
+class Branch(py_enum.IntEnum):
+    """``tag`` of a BRANCH instruction. ``last = max(P - 1, P + N - 2)``."""
+    ALWAYS = 0    # PC = addr0
+    PROMPT = 1    # PC = addr0 if POS + 1 < P (the next token is still a prompt token)
+    LOOP = 2      # POS += 1; PC = addr0 if POS <= last
+
+
+class ErrorCode(py_enum.IntEnum):
+    """The sticky error status that STATUS reports."""
+    OK = 0
+    ILLEGAL_OPCODE = 1   # reserved opcode or VecOp/Branch, host-only opcode in a program
+    NO_UNIT = 2          # a VEC operation whose unit the config does not have
+    OUT_OF_RANGE = 3     # a row outside its memory, a program word outside program memory
+    DATAFLOW_LIMIT = 4   # WS k > rows, OS m > rows
+    BAD_RUN = 5          # RUN with P = 0, P + N > tokens, or no program memory
+
+
+class Param(py_enum.IntEnum):
+    """Indices of the parameter registers P[0..NUM_PARAMS-1] that SETP writes."""
+    GELU_B = 0
+    GELU_C = 1
+    GELU_ONE = 2
+
+
+NUM_PARAMS = 8
+
+FLAGS_WIDTH = 8
 
 INSTRUCTION = data.StructLayout({
     "opcode": Opcode,
@@ -94,7 +204,7 @@ INSTRUCTION = data.StructLayout({
     "mult": 16,
     "shift": 6,
     "tag": 8,
-    "reserved": 10,
+    "reserved": 5,
 })
 assert INSTRUCTION.size == INSTRUCTION_BYTES * 8
 
@@ -153,7 +263,11 @@ class Geometry:
     """Sizes derived from the accelerator parameters, shared by RTL and firmware.
 
     ``scratchpad_kib`` and ``accumulator_kib`` are capacities in KiB; the depths
-    are rounded down to a multiple of ``banks`` rows.
+    are rounded down to a multiple of ``banks`` rows. ``program_kib`` is the
+    program memory (16-byte words; 0 = none, so RUN is illegal); ``tokens`` the
+    depth of the token buffer TOK (the longest sequence a RUN may hold);
+    ``units`` the vector units present (names from :data:`UNITS`) and
+    ``vector_lanes`` the elements they take a cycle (a divisor of cols).
     """
     rows: int
     cols: int
@@ -163,6 +277,10 @@ class Geometry:
     scratchpad_kib: float = 16
     accumulator_kib: float = 16
     banks: int = 1
+    program_kib: float = 0
+    tokens: int = 0
+    units: tuple = ()
+    vector_lanes: int = 1
 
     def __post_init__(self):
         for name in ("rows", "cols"):
@@ -185,6 +303,34 @@ class Geometry:
             if depth > 65536:
                 raise ValueError(f"{name}={getattr(self, name)!r} holds {depth} rows; "
                                  f"instructions address at most 65536")
+        object.__setattr__(self, "units", tuple(self.units))
+        for unit in self.units:
+            if unit not in UNITS:
+                raise ValueError(f"units: {unit!r} is not a unit; units are " + ", ".join(UNITS))
+        if len(set(self.units)) != len(self.units):
+            raise ValueError(f"units lists a unit twice: {list(self.units)!r}")
+        if self.units and self.input_width != 8 or self.units and self.acc_width != 32:
+            raise ValueError("the vector units need input_width = 8 and acc_width = 32")
+        if not isinstance(self.vector_lanes, int) or self.vector_lanes < 1 \
+                or self.cols % self.vector_lanes:
+            raise ValueError(f"vector_lanes must divide cols = {self.cols}, "
+                             f"not {self.vector_lanes!r}")
+        if not 0 <= self.program_words <= 65536:
+            raise ValueError(f"program_kib={self.program_kib!r} holds {self.program_words} "
+                             f"words; from 0 to 65536 (1024 KiB) are addressable")
+        if not isinstance(self.tokens, int) or not 0 <= self.tokens <= 65536:
+            raise ValueError(f"tokens must be an integer from 0 to 65536, not {self.tokens!r}")
+        if self.program_words and self.tokens < 2:
+            raise ValueError(f"a program memory needs a token buffer: tokens >= 2, "
+                             f"not {self.tokens!r}")
+
+    @property
+    def program_words(self) -> int:
+        """Instruction words the program memory holds."""
+        return int(self.program_kib * 1024) // INSTRUCTION_BYTES
+
+    def has_unit(self, unit: str) -> bool:
+        return unit in self.units
 
     @property
     def array_latency(self) -> int:
@@ -240,3 +386,18 @@ class Geometry:
     def out_row_bytes(self) -> int:
         """Bytes of one requantized accumulator row (cols lanes of input_width)."""
         return _row_bytes(self.cols, self.input_width)
+
+    @property
+    def sp_width(self) -> int:
+        """Bits of a scratchpad row."""
+        return self.sp_lanes * self.input_width
+
+    @property
+    def acc_row_width(self) -> int:
+        """Bits of an accumulator row."""
+        return self.cols * self.acc_width
+
+
+def vector_rows(n: int, cols: int) -> int:
+    """Rows a vector of ``n`` elements takes in the vector layout."""
+    return -(-n // cols)
