@@ -172,7 +172,23 @@ def parse_config(document: dict, *, name: str = "config", source: str | None = N
              if key in document or key in ("accelerator", "target")}
     accelerator = built.pop("accelerator")
     target = built.pop("target")
+    _check_memory_fit(accelerator, target)
     return Config(name=name, accelerator=accelerator, target=target, extra=built, source=source)
+
+
+def _check_memory_fit(accelerator: AcceleratorConfig, target: TargetConfig) -> None:
+    """A config whose memories exceed its device's block RAM is refused here, before any tool."""
+    from boards import BOARDS, DEVICES
+    from .memfit import check_fit
+    device_name = BOARDS[target.board].device if target.board else target.device
+    device = DEVICES.get(device_name)
+    if device is None:
+        return  # an unknown device is named by the build flow
+    block = "DP16KD" if device.family == "ecp5" else "ICESTORM_RAM"
+    problem = check_fit(accelerator.geometry, device.family, device.limits.get(block, 0),
+                        device.part)
+    if problem:
+        raise ConfigError(f"[accelerator] {problem}")
 
 
 def read_toml(path, error=None) -> dict:
@@ -205,3 +221,8 @@ def as_config(config_or_path) -> Config:
     if isinstance(config_or_path, Config):
         return config_or_path
     return load_config(config_or_path)
+
+
+# [build]: the flow's limits (gen.toolchain imports nothing of gen, so no cycle).
+from .toolchain import BuildConfig as _BuildConfig  # noqa: E402
+register_section("build", _BuildConfig)
