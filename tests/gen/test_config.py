@@ -9,7 +9,7 @@ import pytest
 from gen.config import ConfigError, load_config, parse_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-GOOD = {"accelerator": {"rows": 4, "cols": 8, "dataflow": "os"}, "target": {"board": "icebreaker"}}
+GOOD = {"accelerator": {"rows": 4, "cols": 8, "dataflow": "os"}, "target": {"board": "ulx3s-85f"}}
 
 
 def test_every_shipped_config_loads():
