@@ -1,22 +1,52 @@
-"""An ISA interpreter in numpy: executes a program's byte stream per ``rtl/isa.py``.
+"""An ISA interpreter in numpy: executes host byte streams and on-chip programs per ``rtl/isa.py``.
 
-It is instant and strict: an instruction that reads or writes outside the
-scratchpad or accumulator, or breaks a dataflow's limit (WS ``k <= rows``, OS
-``m <= rows``), raises :class:`IsaError`. Words are decoded with
-:func:`rtl.isa.decode` only.
+Every instruction of ISA v1 is here: the host-stream loads and stores, MATMUL
+and REQUANT, the program memory (LOAD_PROG, RUN and the program-only control
+flow SETP, BRANCH, EMIT, HALT), STATUS and RESET, and each vector operation
+(VEC) exactly as ``docs/intmath.md`` defines it. The integer functions are
+written here from that page (numpy int64 where the bounds are proven, Python
+integers where they are not); they share no code with the RTL's tests or the
+integer reference, so the three check each other.
+
+Errors follow ``rtl/isa.py``: an illegal instruction is not executed and sets
+a sticky error (code, opcode, program word) that STATUS reports; afterwards
+every instruction but STATUS and RESET is skipped, its payload dropped and its
+reply answered with 0xFF bytes of the expected length; a RUN that fails pads
+its reply to 2N bytes. With ``strict=True`` (the default of
+:class:`FunctionalMachine`, for compiler tests) the first error raises
+:class:`IsaError` instead, naming what was wrong.
+
+Words are decoded with :func:`rtl.isa.decode` only.
 """
+
+import math
 
 import numpy as np
 
-from rtl.isa import Geometry, Opcode, Flags, decode, INSTRUCTION_BYTES
+from rtl import isa
+from rtl.isa import (Geometry, Opcode, Flags, VecOp, Branch, ErrorCode, VEC_UNIT, HOST_ONLY,
+                     NUM_PARAMS, INSTRUCTION, INSTRUCTION_BYTES, decode)
 from .packing import unpack_rows, pack_rows, pack_acc_lanes, unpack_acc_lanes, wrap, signed_range
-from .program import payload_bytes
+from .program import payload_bytes, reply_bytes
 
-__all__ = ["IsaError", "FunctionalMachine", "FunctionalBackend", "requantize"]
+__all__ = ["IsaError", "FunctionalMachine", "FunctionalBackend", "requantize", "footprint",
+           "HOST_WORD", "MAX_RUN_STEPS"]
+
+HOST_WORD = 0xFFFF          # STATUS's program word for an instruction from the host stream
+MAX_RUN_STEPS = 50_000_000  # a RUN longer than this is a program that never halts (not an ISA rule)
+
+_I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
+_I16_MIN, _I16_MAX = -(1 << 15), (1 << 15) - 1
 
 
 class IsaError(ValueError):
-    """A program that the ISA does not allow (out-of-range rows, a dataflow limit)."""
+    """A program that the ISA does not allow (strict mode), or a RUN that never halts."""
+
+
+class _Fault(Exception):
+    def __init__(self, code: ErrorCode, message: str):
+        super().__init__(message)
+        self.code = code
 
 
 def requantize(x, mult: int, shift: int, width: int) -> np.ndarray:
@@ -33,100 +63,517 @@ def requantize(x, mult: int, shift: int, width: int) -> np.ndarray:
     return np.clip(y, low, high).astype(np.int64)
 
 
-class FunctionalMachine:
-    """Scratchpad, accumulator and bias lanes of one accelerator, as numbers."""
+# --- docs/intmath.md, on int64 arrays ---------------------------------------------------------
+# Bounds: lanes are int32 and multipliers unsigned 16-bit, so x * m < 2**47 and the rounding
+# term is at most 2**62: every expression below stays inside int64.
 
-    def __init__(self, geometry: Geometry):
+def _rq(x, m, s, lo, hi):
+    x = np.asarray(x, dtype=np.int64)
+    m = np.asarray(m, dtype=np.int64)
+    y = x * m if s == 0 else (x * m + (1 << (s - 1))) >> s
+    return np.clip(y, lo, hi)
+
+
+def _rq8(x, m, s):
+    return _rq(x, m, s, -128, 127)
+
+
+def _rq32(x, m, s):
+    return _rq(x, m, s, _I32_MIN, _I32_MAX)
+
+
+def _sat32(x):
+    return np.clip(x, _I32_MIN, _I32_MAX)
+
+
+def _iexp(d):
+    """i-exp of d in [-32768, 0] (elementwise)."""
+    t = -np.asarray(d, dtype=np.int64)
+    z = (t * 1477) >> 20
+    r = t - z * 710
+    big = (1385 - r) ** 2 + 1006157
+    return np.where(z < 32, big >> np.minimum(z, 63), 0)
+
+
+def _softmax(x, n, total, mult, shift):
+    out = np.zeros(total, dtype=np.int64)
+    if n == 0:
+        return out
+    xs = _rq32(x[:n], mult, shift)
+    e = _iexp(np.maximum(xs - xs.max(), -32768))
+    f = (1 << 40) // int(e.sum())
+    out[:n] = np.minimum((e * f + (1 << 32)) >> 33, 127)
+    return out
+
+
+def _gelu(q, b, c, one, mult, shift):
+    q = np.asarray(q, dtype=np.int64)
+    a = np.minimum(np.abs(q), -b)
+    y = _sat32(np.sign(q) * (c - (a + b) ** 2))
+    g = _sat32(q * (y + one))
+    return _rq8(g, mult, shift)
+
+
+def _layernorm(x, gamma, beta, sh, mult, shift):
+    n = len(x)
+    mean = int(x.sum()) // n
+    ys = np.clip((x - mean) >> sh, _I16_MIN, _I16_MAX)
+    var = int((ys * ys).sum()) // n
+    std = max(math.isqrt(var), 1)
+    inv = (1 << 31) // std
+    z = (ys * inv) >> 16
+    return _rq8(_sat32(z * gamma + beta), mult, shift)
+
+
+def _vector_rows(n, cols):
+    return -(-n // cols)
+
+
+def _signed32(value):
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >> 31 else value
+
+
+# --- which rows an instruction touches ----------------------------------------------------------
+
+def footprint(ins, g: Geometry, pos: int, tok: int = 0) -> list:
+    """The memory ranges ``ins`` reads or writes: ``[(memory, first, count)]`` with memory one of
+    "scratchpad", "accumulator", "program memory", "token buffer". ``pos`` is the POS register,
+    ``tok`` the token TOK[POS] (EMBED reads its table entry)."""
+    op, c = ins.opcode, g.cols
+    n = ins.count0
+    out = []
+    if op == Opcode.LOAD_SP or op == Opcode.STORE_SP:
+        out.append(("scratchpad", ins.addr0, n))
+    elif op == Opcode.LOAD_ACC or op == Opcode.STORE:
+        out.append(("accumulator", ins.addr0, n))
+    elif op == Opcode.LOAD_PROG:
+        out.append(("program memory", ins.addr0, n))
+    elif op == Opcode.RUN:
+        out.append(("program memory", ins.addr0, 1))
+    elif op == Opcode.BRANCH:
+        out.append(("program memory", ins.addr0, 1))
+    elif op == Opcode.EMIT:
+        out.append(("token buffer", pos + 1, 1))
+    elif op == Opcode.REQUANT:
+        out += [("accumulator", ins.addr0, n), ("scratchpad", ins.addr1, n)]
+    elif op == Opcode.MATMUL:
+        m, k = ins.count0, ins.count1
+        if m and (k or g.dataflow == "ws"):
+            a_rows = m if g.dataflow == "ws" else k
+            out += [("scratchpad", ins.addr0, a_rows), ("scratchpad", ins.addr1, k),
+                    ("accumulator", ins.addr2, m)]
+    elif op == Opcode.VEC:
+        v = VecOp(ins.tag)
+        rows = _vector_rows(n, c)
+        if v == VecOp.REQ:
+            out += [("accumulator", ins.addr0, rows), ("scratchpad", ins.addr2, rows)]
+            if ins.flags & Flags.PERCHAN:
+                out.append(("accumulator", ins.addr1, rows))
+        elif v == VecOp.ADD:
+            out += [("accumulator", ins.addr0, rows), ("accumulator", ins.addr1, rows)]
+            if ins.flags & Flags.PERCHAN:
+                out.append(("accumulator", ins.addr2, rows))
+        elif v == VecOp.MUL:
+            out += [("scratchpad", ins.addr0, rows), ("scratchpad", ins.addr1, rows),
+                    ("scratchpad", ins.addr2, rows)]
+        elif v == VecOp.GELU:
+            out += [("scratchpad", ins.addr0, rows), ("scratchpad", ins.addr2, rows)]
+        elif v == VecOp.SOFTMAX:
+            valid = n + (pos if ins.flags & Flags.POS else 0)
+            out += [("accumulator", ins.addr0, _vector_rows(valid, c)),
+                    ("scratchpad", ins.addr2, _vector_rows(max(valid, ins.count1), c))]
+        elif v == VecOp.LAYERNORM:
+            out += [("accumulator", ins.addr0, rows), ("accumulator", ins.addr1, 2 * rows),
+                    ("scratchpad", ins.addr2, rows)]
+        elif v == VecOp.EMBED:
+            out += [("token buffer", pos, 1),
+                    ("scratchpad", ins.addr0 + (tok // c) * n, n),
+                    ("scratchpad", ins.addr1 + (pos // c) * n, n),
+                    ("accumulator", ins.addr2, rows)]
+        elif v == VecOp.ARGMAX:
+            out += [("accumulator", ins.addr0, rows), ("token buffer", pos + 1, 1)]
+        elif v == VecOp.COPY_ACC:
+            out += [("accumulator", ins.addr0, n), ("accumulator", ins.addr2, n)]
+        elif v == VecOp.COPY_SP:
+            out.append(("scratchpad", ins.addr0, n))
+            if n:
+                first = ins.addr1 + (pos if ins.flags & Flags.POS else 0)
+                out.append(("scratchpad", first, (n - 1) * ins.count1 + 1))
+        elif v == VecOp.PUT_COL:
+            out += [("scratchpad", ins.addr0, rows),
+                    ("scratchpad", ins.addr1 + (pos // c) * n, n)]
+    return out
+
+
+class FunctionalMachine:
+    """Memories, registers and the error status of one accelerator, as numbers.
+
+    ``strict``: raise :class:`IsaError` at the first illegal instruction instead of setting
+    the sticky error (a compiler bug shows where it happens)."""
+
+    def __init__(self, geometry: Geometry, *, strict: bool = True):
         g = self.geometry = geometry
+        self.strict = strict
         self.sp = np.zeros((g.sp_depth, g.sp_lanes), dtype=np.int64)
         self.acc = np.zeros((g.acc_depth, g.cols), dtype=np.int64)
         self.bias = np.zeros(g.cols, dtype=np.int64)
+        self.program = [bytes(INSTRUCTION_BYTES)] * g.program_words
+        self._decoded = {}
+        self.tok = np.zeros(g.tokens, dtype=np.int64)
+        self.steps = 0              # program words executed by the last RUN
+        self._clear()
 
-    def _rows(self, memory, name, start, count):
-        depth = len(memory)
-        if start + count > depth:
-            raise IsaError(f"{name} rows {start}..{start + count - 1} are beyond its {depth} rows")
-        return slice(start, start + count)
+    def _clear(self):
+        """RESET: the error, the registers, the bias lanes (memories keep their contents)."""
+        self.error = (ErrorCode.OK, 0, 0)
+        self.params = [0] * NUM_PARAMS
+        self.pos = self.prompt = self.generate = self.emitted = 0
+        self.bias = np.zeros(self.geometry.cols, dtype=np.int64)
+
+    @property
+    def failed(self) -> bool:
+        return self.error[0] != ErrorCode.OK
+
+    # -- the host stream
 
     def run(self, stream: bytes) -> bytes:
-        """Execute a whole byte stream; the reply bytes."""
+        """Execute a whole host byte stream; the reply bytes."""
         g = self.geometry
         reply = bytearray()
-        pos = 0
-        while pos < len(stream):
-            word = stream[pos:pos + INSTRUCTION_BYTES]
+        offset = 0
+        while offset < len(stream):
+            word = stream[offset:offset + INSTRUCTION_BYTES]
             if len(word) < INSTRUCTION_BYTES:
-                raise IsaError(f"the stream ends inside an instruction word at byte {pos}")
-            ins = decode(word)
-            pos += INSTRUCTION_BYTES
-            size = payload_bytes(g, ins)
-            payload = stream[pos:pos + size]
+                raise IsaError(f"the stream ends inside an instruction word at byte {offset}")
+            ins = self._decode(word)
+            offset += INSTRUCTION_BYTES
+            size = payload_bytes(g, ins) if ins is not None else 0
+            payload = stream[offset:offset + size]
             if len(payload) < size:
-                raise IsaError(f"{ins.opcode.name} at byte {pos - 16} needs {size} payload bytes")
-            pos += size
-            reply += self.execute(ins, payload)
+                raise IsaError(f"{ins.opcode.name} at byte {offset - 16} needs {size} payload bytes")
+            offset += size
+            reply += self.execute(ins if ins is not None else word, payload)
         return bytes(reply)
 
-    def execute(self, ins, payload: bytes) -> bytes:
+    @staticmethod
+    def _decode(word):
+        """The Instruction of a word, or None when its opcode is reserved."""
+        try:
+            return decode(word)
+        except ValueError:
+            return None
+
+    @staticmethod
+    def _raw_opcode(word) -> int:
+        field = INSTRUCTION["opcode"]
+        return (int.from_bytes(word, "little") >> field.offset) & ((1 << field.width) - 1)
+
+    def execute(self, ins, payload: bytes = b"") -> bytes:
+        """One host-stream instruction (an Instruction, or a raw word whose opcode is
+        reserved); its reply bytes."""
+        g = self.geometry
+        if not isinstance(ins, isa.Instruction):
+            self._fail(_Fault(ErrorCode.ILLEGAL_OPCODE,
+                              f"opcode {self._raw_opcode(ins)} is reserved"), self._raw_opcode(ins),
+                       HOST_WORD)
+            return b""
+        op = ins.opcode
+        expected = reply_bytes(g, ins)
+        if op == Opcode.STATUS:
+            code, opcode, word = self.error
+            return bytes([int(code), opcode]) + word.to_bytes(2, "little")
+        if op == Opcode.RESET:
+            self._clear()
+            return b""
+        if self.failed:
+            return b"\xff" * expected
+        if op == Opcode.RUN:
+            return self._run_program(ins, payload)
+        try:
+            self._check(ins, host=True)
+            return self._host(ins, payload)
+        except _Fault as fault:
+            self._fail(fault, op.value, HOST_WORD)
+            return b"\xff" * expected
+
+    def _fail(self, fault: _Fault, opcode: int, word: int):
+        if self.strict:
+            raise IsaError(f"{fault.code.name}: {fault}")
+        self.error = (fault.code, opcode, word)
+
+    def _host(self, ins, payload):
+        g = self.geometry
+        op = ins.opcode
+        if op == Opcode.LOAD_SP:
+            self.sp[ins.addr0:ins.addr0 + ins.count0] = unpack_rows(payload, g.input_width,
+                                                                     g.sp_lanes)
+        elif op == Opcode.LOAD_ACC:
+            self.acc[ins.addr0:ins.addr0 + ins.count0] = unpack_acc_lanes(payload, g.acc_width,
+                                                                           g.cols)
+        elif op == Opcode.LOAD_PROG:
+            for i in range(ins.count0):
+                self.program[ins.addr0 + i] = bytes(payload[16 * i:16 * i + 16])
+                self._decoded.pop(ins.addr0 + i, None)
+        elif op == Opcode.SET_BIAS:
+            self.bias = unpack_acc_lanes(payload, g.acc_width, g.cols)[0]
+        elif op in (Opcode.STORE, Opcode.STORE_SP):
+            if op == Opcode.STORE_SP:
+                return pack_rows(self.sp[ins.addr0:ins.addr0 + ins.count0], g.input_width,
+                                 g.sp_lanes)
+            x = self.acc[ins.addr0:ins.addr0 + ins.count0]
+            if ins.flags & Flags.BIAS:
+                x = x + self.bias  # exact: acc_width + 1 bits
+            if not ins.flags & Flags.REQUANT:
+                return pack_acc_lanes(wrap(x, g.acc_width), g.acc_width)
+            return pack_rows(requantize(x, ins.mult, ins.shift, g.input_width), g.input_width,
+                             g.cols)
+        elif op == Opcode.SYNC:
+            return bytes([ins.tag])
+        elif op in (Opcode.BRANCH, Opcode.EMIT, Opcode.HALT):
+            pass    # no RUN to steer: nothing to do on the host stream
+        else:
+            self._common(ins)
+        return b""
+
+    # -- checks
+
+    def _check(self, ins, *, host: bool):
+        """Raise _Fault if ``ins`` is illegal here (the order of checks is the error's priority)."""
+        g = self.geometry
+        op = ins.opcode
+        if not host and op in HOST_ONLY:
+            raise _Fault(ErrorCode.ILLEGAL_OPCODE, f"{op.name} is a host-stream instruction")
+        if op == Opcode.VEC:
+            if ins.tag not in VecOp._value2member_map_:
+                raise _Fault(ErrorCode.ILLEGAL_OPCODE, f"VEC tag {ins.tag} is reserved")
+            unit = VEC_UNIT[VecOp(ins.tag)]
+            if not g.has_unit(unit):
+                raise _Fault(ErrorCode.NO_UNIT, f"VEC {VecOp(ins.tag).name} needs the {unit} "
+                             f"unit, which this config does not have")
+        if op == Opcode.BRANCH and ins.tag not in Branch._value2member_map_:
+            raise _Fault(ErrorCode.ILLEGAL_OPCODE, f"BRANCH tag {ins.tag} is reserved")
+        if op == Opcode.SETP and ins.tag >= NUM_PARAMS:
+            raise _Fault(ErrorCode.ILLEGAL_OPCODE, f"SETP of parameter {ins.tag}: there are "
+                         f"{NUM_PARAMS}")
+        if op == Opcode.RUN:
+            if not g.program_words:
+                raise _Fault(ErrorCode.BAD_RUN, "RUN without a program memory")
+            if ins.count0 == 0 or ins.count0 + ins.count1 > g.tokens:
+                raise _Fault(ErrorCode.BAD_RUN, f"RUN with P = {ins.count0}, N = {ins.count1}: "
+                             f"needs P >= 1 and P + N <= {g.tokens} tokens")
+        if op == Opcode.MATMUL:
+            m, k = ins.count0, ins.count1
+            if g.dataflow == "ws" and k > g.rows:
+                raise _Fault(ErrorCode.DATAFLOW_LIMIT, f"a WS MATMUL takes k <= rows = {g.rows}, "
+                             f"not {k}")
+            if g.dataflow == "os" and m > g.rows:
+                raise _Fault(ErrorCode.DATAFLOW_LIMIT, f"an OS MATMUL takes m <= rows = "
+                             f"{g.rows}, not {m}")
+        self._check_range(ins)
+
+    def _check_range(self, ins):
+        g = self.geometry
+        depth = {"scratchpad": g.sp_depth, "accumulator": g.acc_depth,
+                 "program memory": g.program_words, "token buffer": g.tokens}
+        tok = 0
+        if ins.opcode == Opcode.VEC and ins.tag == VecOp.EMBED and self.pos < g.tokens:
+            tok = int(self.tok[self.pos])
+        for memory, first, count in footprint(ins, g, self.pos, tok):
+            if count and first + count > depth[memory]:
+                raise _Fault(ErrorCode.OUT_OF_RANGE,
+                             f"{memory} rows {first}..{first + count - 1} are beyond its "
+                             f"{depth[memory]} rows")
+
+    # -- instructions of the host stream and programs alike
+
+    def _common(self, ins):
         g = self.geometry
         op = ins.opcode
         if op == Opcode.NOP:
-            return b""
-        if op == Opcode.LOAD_SP:
-            self.sp[self._rows(self.sp, "scratchpad", ins.addr0, ins.count0)] = \
-                unpack_rows(payload, g.input_width, g.sp_lanes)
-            return b""
-        if op == Opcode.SET_BIAS:
-            self.bias = unpack_acc_lanes(payload, g.acc_width, g.cols)[0]
-            return b""
+            return
         if op == Opcode.MATMUL:
-            m, k = ins.count0, ins.count1
-            if g.dataflow == "ws":
-                if k > g.rows:
-                    raise IsaError(f"a WS MATMUL takes k <= rows = {g.rows}, not {k}")
-                a = self.sp[self._rows(self.sp, "scratchpad", ins.addr0, m), :k]
-                b = self.sp[self._rows(self.sp, "scratchpad", ins.addr1, k), :g.cols]
-            else:
-                if m > g.rows:
-                    raise IsaError(f"an OS MATMUL takes m <= rows = {g.rows}, not {m}")
-                a = self.sp[self._rows(self.sp, "scratchpad", ins.addr0, k), :m].T
-                b = self.sp[self._rows(self.sp, "scratchpad", ins.addr1, k), :g.cols]
-            out = self._rows(self.acc, "accumulator", ins.addr2, m)
-            product = a @ b  # |a|,|b| < 2**15, k < 2**16: exact in int64
-            if ins.flags & Flags.ACCUMULATE:
-                product = self.acc[out] + product
-            self.acc[out] = wrap(product, g.acc_width)
-            return b""
-        if op in (Opcode.STORE, Opcode.REQUANT):
-            x = self.acc[self._rows(self.acc, "accumulator", ins.addr0, ins.count0)]
+            self._matmul(ins)
+        elif op == Opcode.REQUANT:
+            x = self.acc[ins.addr0:ins.addr0 + ins.count0]
             if ins.flags & Flags.BIAS:
-                x = x + self.bias  # exact: acc_width + 1 bits
-            if op == Opcode.STORE and not ins.flags & Flags.REQUANT:
-                return pack_acc_lanes(wrap(x, g.acc_width), g.acc_width)
-            y = requantize(x, ins.mult, ins.shift, g.input_width)
-            if op == Opcode.STORE:
-                return pack_rows(y, g.input_width, g.cols)
-            rows = self._rows(self.sp, "scratchpad", ins.addr1, ins.count0)
+                x = x + self.bias
+            rows = slice(ins.addr1, ins.addr1 + ins.count0)
             self.sp[rows] = 0
-            self.sp[rows, :g.cols] = y
-            return b""
-        if op == Opcode.STORE_SP:
-            rows = self.sp[self._rows(self.sp, "scratchpad", ins.addr0, ins.count0)]
-            return pack_rows(rows, g.input_width, g.sp_lanes)
-        if op == Opcode.SYNC:
-            return bytes([ins.tag])
-        raise IsaError(f"opcode {op!r} is not executable")
+            self.sp[rows, :g.cols] = requantize(x, ins.mult, ins.shift, g.input_width)
+        elif op == Opcode.VEC:
+            self._vec(ins)
+        elif op == Opcode.SETP:
+            self.params[ins.tag] = _signed32(ins.addr0 | ins.addr1 << 16)
+
+    def _matmul(self, ins):
+        g = self.geometry
+        m, k = ins.count0, ins.count1
+        if m == 0 or (g.dataflow == "os" and k == 0):
+            return      # no beats: nothing is written (rtl/isa.py)
+        if g.dataflow == "ws":
+            a = self.sp[ins.addr0:ins.addr0 + m, :k]
+        else:
+            a = self.sp[ins.addr0:ins.addr0 + k, :m].T
+        b = self.sp[ins.addr1:ins.addr1 + k, :g.cols]
+        out = slice(ins.addr2, ins.addr2 + m)
+        product = a @ b  # |a|,|b| < 2**15, k < 2**16: exact in int64
+        if ins.flags & Flags.ACCUMULATE:
+            product = self.acc[out] + product
+        self.acc[out] = wrap(product, g.acc_width)
+
+    # -- vectors
+
+    def _read(self, memory, base, n):
+        c = self.geometry.cols
+        rows = _vector_rows(n, c)
+        return memory[base:base + rows, :c].reshape(-1)[:n]
+
+    def _write(self, memory, base, values):
+        c = self.geometry.cols
+        n = len(values)
+        rows = _vector_rows(n, c)
+        flat = np.zeros(rows * c, dtype=np.int64)
+        flat[:n] = values
+        memory[base:base + rows] = 0
+        memory[base:base + rows, :c] = flat.reshape(rows, c)
+
+    def _table(self, base, entry, n):
+        """Entry ``entry`` of the column table at ``base`` with ``n`` elements per entry."""
+        c = self.geometry.cols
+        first = base + (entry // c) * n
+        return self.sp[first:first + n, entry % c]
+
+    def _vec(self, ins):
+        c = self.geometry.cols
+        v = VecOp(ins.tag)
+        n = ins.count0
+        sp, acc = self.sp, self.acc
+        perchan = ins.flags & Flags.PERCHAN
+        if v == VecOp.REQ:
+            m = self._read(acc, ins.addr1, n) & 0xFFFF if perchan else ins.mult
+            self._write(sp, ins.addr2, _rq8(self._read(acc, ins.addr0, n), m, ins.shift))
+        elif v == VecOp.ADD:
+            m = self._read(acc, ins.addr2, n) & 0xFFFF if perchan else ins.mult
+            x = self._read(acc, ins.addr0, n)
+            o = self._read(acc, ins.addr1, n)
+            self._write(acc, ins.addr0, _sat32(x + _rq32(o, m, ins.shift)))
+        elif v == VecOp.MUL:
+            a, b = self._read(sp, ins.addr0, n), self._read(sp, ins.addr1, n)
+            self._write(sp, ins.addr2, _rq8(a * b, ins.mult, ins.shift))
+        elif v == VecOp.GELU:
+            p = self.params
+            self._write(sp, ins.addr2, _gelu(self._read(sp, ins.addr0, n), p[isa.Param.GELU_B],
+                                             p[isa.Param.GELU_C], p[isa.Param.GELU_ONE],
+                                             ins.mult, ins.shift))
+        elif v == VecOp.SOFTMAX:
+            valid = n + (self.pos if ins.flags & Flags.POS else 0)
+            total = max(valid, ins.count1)
+            x = self._read(acc, ins.addr0, valid)
+            self._write(sp, ins.addr2, _softmax(x, valid, total, ins.mult, ins.shift))
+        elif v == VecOp.LAYERNORM:
+            if n == 0:
+                return
+            rows = _vector_rows(n, c)
+            out = _layernorm(self._read(acc, ins.addr0, n), self._read(acc, ins.addr1, n),
+                             self._read(acc, ins.addr1 + rows, n), ins.count1 % 32,
+                             ins.mult, ins.shift)
+            self._write(sp, ins.addr2, out)
+        elif v == VecOp.EMBED:
+            tok = int(self.tok[self.pos])
+            x = self._table(ins.addr0, tok, n) * ins.mult + \
+                self._table(ins.addr1, self.pos, n) * ins.count1
+            self._write(acc, ins.addr2, _sat32(x))
+        elif v == VecOp.ARGMAX:
+            x = self._read(acc, ins.addr0, n)
+            self.tok[self.pos + 1] = int(np.argmax(x)) if n else 0
+        elif v == VecOp.COPY_ACC:
+            for r in range(n):      # row by row, in order
+                acc[ins.addr2 + r] = acc[ins.addr0 + r]
+        elif v == VecOp.COPY_SP:
+            first = ins.addr1 + (self.pos if ins.flags & Flags.POS else 0)
+            for r in range(n):
+                sp[first + r * ins.count1] = sp[ins.addr0 + r]
+        elif v == VecOp.PUT_COL:
+            first = ins.addr1 + (self.pos // c) * n
+            sp[first:first + n, self.pos % c] = self._read(sp, ins.addr0, n)
+
+    # -- programs
+
+    def _run_program(self, ins, payload):
+        g = self.geometry
+        n = ins.count1
+        try:
+            self._check(ins, host=True)
+        except _Fault as fault:
+            self._fail(fault, Opcode.RUN.value, HOST_WORD)
+            return b"\xff" * (2 * n)
+        prompt = np.frombuffer(bytes(payload), dtype="<u2").astype(np.int64)
+        self.tok[:len(prompt)] = prompt
+        self.pos, self.prompt, self.generate, self.emitted = 0, ins.count0, n, 0
+        last = max(self.prompt - 1, self.prompt + n - 2)
+        reply = bytearray()
+        pc = ins.addr0
+        self.steps = 0
+        while True:
+            self.steps += 1
+            if self.steps > MAX_RUN_STEPS:
+                raise IsaError(f"the RUN from word {ins.addr0} did not halt in "
+                               f"{MAX_RUN_STEPS} instructions")
+            if pc >= g.program_words:
+                self._fail(_Fault(ErrorCode.OUT_OF_RANGE, f"program word {pc} is beyond the "
+                                  f"{g.program_words} words of program memory"), 0, pc & 0xFFFF)
+                break
+            word_ins = self._decoded.get(pc)
+            if word_ins is None:
+                word_ins = self._decode(self.program[pc])
+                if word_ins is None:
+                    raw = self._raw_opcode(self.program[pc])
+                    self._fail(_Fault(ErrorCode.ILLEGAL_OPCODE, f"opcode {raw} at program word "
+                                      f"{pc} is reserved"), raw, pc)
+                    break
+                self._decoded[pc] = word_ins
+            op = word_ins.opcode
+            try:
+                self._check(word_ins, host=False)
+            except _Fault as fault:
+                self._fail(fault, op.value, pc)
+                break
+            if op == Opcode.HALT:
+                break
+            pc += 1
+            if op == Opcode.BRANCH:
+                tag = word_ins.tag
+                if tag == Branch.ALWAYS:
+                    pc = word_ins.addr0
+                elif tag == Branch.PROMPT:
+                    if self.pos + 1 < self.prompt:
+                        pc = word_ins.addr0
+                else:   # LOOP
+                    self.pos += 1
+                    if self.pos <= last:
+                        pc = word_ins.addr0
+            elif op == Opcode.EMIT:
+                if self.emitted < n:
+                    reply += int(self.tok[self.pos + 1]).to_bytes(2, "little")
+                    self.emitted += 1
+            elif op == Opcode.SYNC:
+                pass    # a SYNC inside a program has no host to answer (its byte is not sent)
+            else:
+                self._common(word_ins)
+        reply += b"\xff" * (2 * n - len(reply))
+        return bytes(reply)
 
 
 class FunctionalBackend:
     """The ``functional`` backend: runs programs on a :class:`FunctionalMachine` (no cycles).
 
-    State persists between runs, as on a device.
+    State persists between runs, as on a device; errors are sticky, as on the device.
     """
     name = "functional"
 
-    def __init__(self, geometry: Geometry):
-        self.machine = FunctionalMachine(geometry)
+    def __init__(self, geometry: Geometry, *, strict: bool = False):
+        self.machine = FunctionalMachine(geometry, strict=strict)
 
     def run(self, program: bytes, reply_bytes: int) -> tuple[bytes, int | None]:
         reply = self.machine.run(program)

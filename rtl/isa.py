@@ -33,13 +33,18 @@ Host stream and program alike::
     VEC       tag=VecOp: a vector-unit operation (see VecOp and docs/intmath.md)
     SETP      tag=param index (0..NUM_PARAMS-1), value = addr0 | addr1 << 16
               as a signed 32-bit number: P[tag] = value
+
+Program only (illegal on the host stream, :data:`PROGRAM_ONLY`)::
+
     BRANCH    tag=Branch condition, addr0=target program word
     EMIT      send TOK[POS+1] (2 bytes, little-endian) if fewer than N tokens
               have been sent in this RUN; otherwise nothing
     HALT      end the RUN: pad the reply to 2N bytes with 0xFF, back to the host stream
-    SYNC      tag: reply one byte, the tag (the host waits on it)
 
-Host stream only (illegal inside a program)::
+Host stream only (illegal inside a program, :data:`HOST_ONLY`)::
+
+    SYNC      tag: reply one byte, the tag (the host waits on it; inside a
+              program it would break the RUN's 2N-byte reply)
 
     LOAD_SP   addr0=scratchpad row, count0=rows
               payload: count0 scratchpad rows of geometry.sp_row_bytes bytes
@@ -58,18 +63,26 @@ Host stream only (illegal inside a program)::
               written to TOK[0..P-1]. Sets POS=0 and runs the program from
               addr0 until HALT. Reply: exactly 2N bytes (the EMITs, padded).
     STATUS    reply 4 bytes: error code, opcode of the failing instruction,
-              program word of it (2 bytes LE; 0xFFFF for the host stream)
-    RESET     clear the error, the registers and the bias lanes (memories keep
+              program word of it (2 bytes LE; 0xFFFF for the host stream);
+              all four 0 while there is no error
+    RESET     clear the error, the registers (POS, P, N, PC, the emitted count,
+              the parameter registers) and the bias lanes (memories keep
               their contents: a loaded model survives a reset)
 
-Errors. An illegal instruction (a reserved opcode, a host-only opcode in a
-program, a unit the config lacks, a row outside its memory, WS k > rows or OS
-m > rows, a RUN with P = 0 or P + N > geometry.tokens, a program word outside
-program memory) is not executed and sets a sticky error (:class:`ErrorCode`).
+Errors. An illegal instruction (a reserved opcode, VecOp, Branch or SETP
+index, a host-only opcode in a program or a program-only one on the host
+stream, a unit the config lacks, a row outside its memory, WS k > rows or OS
+m > rows, a RUN with P = 0, P + N > geometry.tokens, no program memory or an
+entry word outside it) is not executed and sets a sticky error
+(:class:`ErrorCode`; where several apply, the smallest code;
+:func:`instruction_error` states the rules, :func:`footprint` the rows each
+instruction touches). A program that runs past the last word of program
+memory fails at the fetch with OUT_OF_RANGE, opcode 0xFF and the word address
+(PC counts modulo 65536, so a full 65536-word memory never runs out).
 From then on every instruction but STATUS and RESET is skipped: its payload
 is read and dropped and its reply bytes, if any, are all 0xFF, so the reply
-has the length the host expects. A RUN stops at the failing instruction and
-pads its reply to 2N bytes of 0xFF.
+has the length the host expects (the illegal instruction itself included).
+A RUN stops at the failing instruction and pads its reply to 2N bytes of 0xFF.
 
 Numbers on the wire are two's complement, little-endian. A row of lanes of
 ``w`` bits is packed lane 0 first into ``ceil(lanes * w / 8)`` bytes.
@@ -94,11 +107,16 @@ __all__ = [
     "Opcode", "Flags", "VecOp", "Branch", "ErrorCode", "Param", "UNITS", "VEC_UNIT",
     "HOST_ONLY", "NUM_PARAMS", "INSTRUCTION", "INSTRUCTION_BYTES", "Instruction",
     "encode", "decode", "Geometry", "REQUANT_LATENCY", "WRITEBACK_STAGES",
+    "PROGRAM_ONLY", "PROGRAM_FETCH_CYCLES", "MEMORIES", "memory_depth", "footprint",
+    "instruction_error", "vector_rows",
 ]
 
 # Timing contract: the RTL is built from these and firmware/cycles.py models them.
 REQUANT_LATENCY = 6   # registered stages of the requantizer (one lane a cycle)
 WRITEBACK_STAGES = 3  # accumulator read-modify-write after a result row leaves the array
+# A word from program memory: one cycle to read it, one to latch it; then it is
+# dispatched like a host word (whose fetch takes INSTRUCTION_BYTES cycles, one a byte).
+PROGRAM_FETCH_CYCLES = 2
 
 INSTRUCTION_BYTES = 16
 
@@ -126,7 +144,10 @@ class Opcode(enum.Enum, shape=5):
 
 # Opcodes that only the host stream may carry (illegal inside a program).
 HOST_ONLY = frozenset({Opcode.LOAD_SP, Opcode.LOAD_ACC, Opcode.LOAD_PROG, Opcode.SET_BIAS,
-                       Opcode.STORE, Opcode.STORE_SP, Opcode.RUN, Opcode.STATUS, Opcode.RESET})
+                       Opcode.STORE, Opcode.STORE_SP, Opcode.RUN, Opcode.STATUS, Opcode.RESET,
+                       Opcode.SYNC})
+# Opcodes that only a program may carry (illegal on the host stream).
+PROGRAM_ONLY = frozenset({Opcode.BRANCH, Opcode.EMIT, Opcode.HALT})
 
 
 class Flags(py_enum.IntFlag):
@@ -401,3 +422,126 @@ class Geometry:
 def vector_rows(n: int, cols: int) -> int:
     """Rows a vector of ``n`` elements takes in the vector layout."""
     return -(-n // cols)
+
+
+_VEC_OPS = frozenset(int(op) for op in VecOp)
+_BRANCHES = frozenset(int(b) for b in Branch)
+
+# Memories an instruction may touch, as footprint() names them.
+MEMORIES = ("sp", "acc", "prog", "tok")
+
+
+def memory_depth(geometry: Geometry, memory: str) -> int:
+    """Rows (words, tokens) of one of :data:`MEMORIES`."""
+    return {"sp": geometry.sp_depth, "acc": geometry.acc_depth,
+            "prog": geometry.program_words, "tok": geometry.tokens}[memory]
+
+
+def _vec_footprint(ins: Instruction, g: Geometry, pos: int, tok: int) -> list:
+    n, cols = ins.count0, g.cols
+    r = vector_rows(n, cols)
+    perchan = bool(ins.flags & Flags.PERCHAN)
+    op = VecOp(ins.tag)
+    if op == VecOp.REQ:
+        return [("acc", ins.addr0, r)] + [("acc", ins.addr1, r)] * perchan + [("sp", ins.addr2, r)]
+    if op == VecOp.ADD:
+        return [("acc", ins.addr0, r), ("acc", ins.addr1, r)] + [("acc", ins.addr2, r)] * perchan
+    if op == VecOp.MUL:
+        return [("sp", ins.addr0, r), ("sp", ins.addr1, r), ("sp", ins.addr2, r)]
+    if op == VecOp.GELU:
+        return [("sp", ins.addr0, r), ("sp", ins.addr2, r)]
+    if op == VecOp.SOFTMAX:
+        valid = n + (pos if ins.flags & Flags.POS else 0)
+        return [("acc", ins.addr0, vector_rows(valid, cols)),
+                ("sp", ins.addr2, vector_rows(max(valid, ins.count1), cols))]
+    if op == VecOp.LAYERNORM:
+        return [("acc", ins.addr0, r), ("acc", ins.addr1, 2 * r), ("sp", ins.addr2, r)]
+    if op == VecOp.EMBED:
+        return [("tok", pos, 1), ("sp", ins.addr0 + (tok // cols) * n, n),
+                ("sp", ins.addr1 + (pos // cols) * n, n), ("acc", ins.addr2, r)]
+    if op == VecOp.ARGMAX:
+        return [("acc", ins.addr0, r), ("tok", pos + 1, 1)]
+    if op == VecOp.COPY_ACC:
+        return [("acc", ins.addr0, n), ("acc", ins.addr2, n)]
+    if op == VecOp.COPY_SP:
+        first = ins.addr1 + (pos if ins.flags & Flags.POS else 0)
+        return [("sp", ins.addr0, n), ("sp", first, (n - 1) * ins.count1 + 1 if n else 0)]
+    assert op == VecOp.PUT_COL
+    return [("sp", ins.addr0, r), ("sp", ins.addr1 + (pos // cols) * n, n)]
+
+
+def footprint(instruction: Instruction, geometry: Geometry, pos: int = 0, tok: int = 0) -> list:
+    """The rows ``instruction`` touches, as ``[(memory, first_row, rows), ...]``.
+
+    ``memory`` is one of :data:`MEMORIES`: ``"sp"`` (scratchpad rows), ``"acc"``
+    (accumulator rows), ``"prog"`` (program words), ``"tok"`` (TOK entries).
+    ``pos`` is POS and ``tok`` is TOK[POS] when the instruction runs (only VEC,
+    EMIT and their footprints depend on them). Every range with ``rows > 0``
+    must lie inside its memory (``first_row + rows <= depth``), or the
+    instruction is OUT_OF_RANGE; ranges of no rows touch nothing and are left
+    out. The RTL (``rtl/controller.py``) checks the same ranges.
+
+    MATMUL: WS A ``(addr0, m)``, B ``(addr1, k)`` (the weights load even when
+    m = 0), C ``(addr2, m)``; OS A ``(addr0, k)``, B ``(addr1, k)``, C
+    ``(addr2, m)`` if k > 0 (no beats write nothing). VEC: every vector it reads
+    or writes (``vector_rows(n, cols)`` rows), column-table entries (``n``
+    rows), TOK[POS] (EMBED) and TOK[POS+1] (ARGMAX). EMIT: TOK[POS+1]. BRANCH:
+    its target word. A RUN's entry word is checked as BAD_RUN, not here.
+    """
+    ins, g = instruction, geometry
+    op = ins.opcode
+    if op == Opcode.MATMUL:
+        m, k = ins.count0, ins.count1
+        if g.dataflow == "ws":
+            ranges = [("sp", ins.addr0, m), ("sp", ins.addr1, k), ("acc", ins.addr2, m)]
+        else:
+            ranges = [("sp", ins.addr0, k), ("sp", ins.addr1, k), ("acc", ins.addr2, m if k else 0)]
+    elif op == Opcode.REQUANT:
+        ranges = [("acc", ins.addr0, ins.count0), ("sp", ins.addr1, ins.count0)]
+    elif op in (Opcode.LOAD_SP, Opcode.STORE_SP):
+        ranges = [("sp", ins.addr0, ins.count0)]
+    elif op in (Opcode.LOAD_ACC, Opcode.STORE):
+        ranges = [("acc", ins.addr0, ins.count0)]
+    elif op == Opcode.LOAD_PROG:
+        ranges = [("prog", ins.addr0, ins.count0)]
+    elif op == Opcode.BRANCH:
+        ranges = [("prog", ins.addr0, 1)]
+    elif op == Opcode.EMIT:
+        ranges = [("tok", pos + 1, 1)]
+    elif op == Opcode.VEC and ins.tag in _VEC_OPS:
+        ranges = _vec_footprint(ins, g, pos, tok)
+    else:
+        ranges = []
+    return [(memory, first, rows) for memory, first, rows in ranges if rows > 0]
+
+
+def instruction_error(instruction: Instruction, geometry: Geometry, *, in_program: bool = False,
+                      pos: int = 0, tok: int = 0) -> ErrorCode:
+    """The error an instruction raises (``ErrorCode.OK`` if it is legal), by rtl/isa.py's rules.
+
+    ``in_program``: fetched from program memory (else from the host stream);
+    ``pos``, ``tok``: POS and TOK[POS] as :func:`footprint` takes them. Where
+    several errors apply, the smallest code wins. A word whose opcode field is
+    no :class:`Opcode` (:func:`decode` raises ValueError) is ILLEGAL_OPCODE.
+    This does not look at the sticky error: while it is set, every
+    instruction but STATUS and RESET is skipped anyway.
+    """
+    ins, g = instruction, geometry
+    op = ins.opcode
+    if op in (HOST_ONLY if in_program else PROGRAM_ONLY):
+        return ErrorCode.ILLEGAL_OPCODE
+    if op == Opcode.VEC and ins.tag not in _VEC_OPS \
+            or op == Opcode.BRANCH and ins.tag not in _BRANCHES \
+            or op == Opcode.SETP and ins.tag >= NUM_PARAMS:
+        return ErrorCode.ILLEGAL_OPCODE
+    if op == Opcode.VEC and not g.has_unit(VEC_UNIT[VecOp(ins.tag)]):
+        return ErrorCode.NO_UNIT
+    for memory, first, rows in footprint(ins, g, pos, tok):
+        if first + rows > memory_depth(g, memory):
+            return ErrorCode.OUT_OF_RANGE
+    if op == Opcode.MATMUL and (ins.count1 if g.dataflow == "ws" else ins.count0) > g.rows:
+        return ErrorCode.DATAFLOW_LIMIT
+    if op == Opcode.RUN and (ins.count0 == 0 or ins.count0 + ins.count1 > g.tokens
+                             or ins.addr0 >= g.program_words):
+        return ErrorCode.BAD_RUN
+    return ErrorCode.OK
