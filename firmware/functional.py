@@ -24,15 +24,19 @@ import math
 import numpy as np
 
 from rtl import isa
-from rtl.isa import (Geometry, Opcode, Flags, VecOp, Branch, ErrorCode, VEC_UNIT, HOST_ONLY,
-                     NUM_PARAMS, INSTRUCTION, INSTRUCTION_BYTES, decode)
+from rtl.isa import (Geometry, Opcode, Flags, VecOp, Branch, ErrorCode, VEC_UNIT, NUM_PARAMS,
+                     INSTRUCTION, INSTRUCTION_BYTES, decode, footprint, instruction_error,
+                     memory_depth)
 from .packing import unpack_rows, pack_rows, pack_acc_lanes, unpack_acc_lanes, wrap, signed_range
 from .program import payload_bytes, reply_bytes
 
-__all__ = ["IsaError", "FunctionalMachine", "FunctionalBackend", "requantize", "footprint",
-           "HOST_WORD", "MAX_RUN_STEPS"]
+__all__ = ["IsaError", "FunctionalMachine", "FunctionalBackend", "requantize", "HOST_WORD",
+           "MAX_RUN_STEPS"]
 
 HOST_WORD = 0xFFFF          # STATUS's program word for an instruction from the host stream
+FETCH_OPCODE = 0xFF         # STATUS's opcode when a program runs past the end of program memory
+_MEMORY_NAMES = {"sp": "scratchpad", "acc": "accumulator", "prog": "program memory",
+                 "tok": "token buffer"}
 MAX_RUN_STEPS = 50_000_000  # a RUN longer than this is a program that never halts (not an ISA rule)
 
 _I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
@@ -132,78 +136,6 @@ def _vector_rows(n, cols):
 def _signed32(value):
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value >> 31 else value
-
-
-# --- which rows an instruction touches ----------------------------------------------------------
-
-def footprint(ins, g: Geometry, pos: int, tok: int = 0) -> list:
-    """The memory ranges ``ins`` reads or writes: ``[(memory, first, count)]`` with memory one of
-    "scratchpad", "accumulator", "program memory", "token buffer". ``pos`` is the POS register,
-    ``tok`` the token TOK[POS] (EMBED reads its table entry)."""
-    op, c = ins.opcode, g.cols
-    n = ins.count0
-    out = []
-    if op == Opcode.LOAD_SP or op == Opcode.STORE_SP:
-        out.append(("scratchpad", ins.addr0, n))
-    elif op == Opcode.LOAD_ACC or op == Opcode.STORE:
-        out.append(("accumulator", ins.addr0, n))
-    elif op == Opcode.LOAD_PROG:
-        out.append(("program memory", ins.addr0, n))
-    elif op == Opcode.RUN:
-        out.append(("program memory", ins.addr0, 1))
-    elif op == Opcode.BRANCH:
-        out.append(("program memory", ins.addr0, 1))
-    elif op == Opcode.EMIT:
-        out.append(("token buffer", pos + 1, 1))
-    elif op == Opcode.REQUANT:
-        out += [("accumulator", ins.addr0, n), ("scratchpad", ins.addr1, n)]
-    elif op == Opcode.MATMUL:
-        m, k = ins.count0, ins.count1
-        if m and (k or g.dataflow == "ws"):
-            a_rows = m if g.dataflow == "ws" else k
-            out += [("scratchpad", ins.addr0, a_rows), ("scratchpad", ins.addr1, k),
-                    ("accumulator", ins.addr2, m)]
-    elif op == Opcode.VEC:
-        v = VecOp(ins.tag)
-        rows = _vector_rows(n, c)
-        if v == VecOp.REQ:
-            out += [("accumulator", ins.addr0, rows), ("scratchpad", ins.addr2, rows)]
-            if ins.flags & Flags.PERCHAN:
-                out.append(("accumulator", ins.addr1, rows))
-        elif v == VecOp.ADD:
-            out += [("accumulator", ins.addr0, rows), ("accumulator", ins.addr1, rows)]
-            if ins.flags & Flags.PERCHAN:
-                out.append(("accumulator", ins.addr2, rows))
-        elif v == VecOp.MUL:
-            out += [("scratchpad", ins.addr0, rows), ("scratchpad", ins.addr1, rows),
-                    ("scratchpad", ins.addr2, rows)]
-        elif v == VecOp.GELU:
-            out += [("scratchpad", ins.addr0, rows), ("scratchpad", ins.addr2, rows)]
-        elif v == VecOp.SOFTMAX:
-            valid = n + (pos if ins.flags & Flags.POS else 0)
-            out += [("accumulator", ins.addr0, _vector_rows(valid, c)),
-                    ("scratchpad", ins.addr2, _vector_rows(max(valid, ins.count1), c))]
-        elif v == VecOp.LAYERNORM:
-            out += [("accumulator", ins.addr0, rows), ("accumulator", ins.addr1, 2 * rows),
-                    ("scratchpad", ins.addr2, rows)]
-        elif v == VecOp.EMBED:
-            out += [("token buffer", pos, 1),
-                    ("scratchpad", ins.addr0 + (tok // c) * n, n),
-                    ("scratchpad", ins.addr1 + (pos // c) * n, n),
-                    ("accumulator", ins.addr2, rows)]
-        elif v == VecOp.ARGMAX:
-            out += [("accumulator", ins.addr0, rows), ("token buffer", pos + 1, 1)]
-        elif v == VecOp.COPY_ACC:
-            out += [("accumulator", ins.addr0, n), ("accumulator", ins.addr2, n)]
-        elif v == VecOp.COPY_SP:
-            out.append(("scratchpad", ins.addr0, n))
-            if n:
-                first = ins.addr1 + (pos if ins.flags & Flags.POS else 0)
-                out.append(("scratchpad", first, (n - 1) * ins.count1 + 1))
-        elif v == VecOp.PUT_COL:
-            out += [("scratchpad", ins.addr0, rows),
-                    ("scratchpad", ins.addr1 + (pos // c) * n, n)]
-    return out
 
 
 class FunctionalMachine:
@@ -330,8 +262,6 @@ class FunctionalMachine:
                              g.cols)
         elif op == Opcode.SYNC:
             return bytes([ins.tag])
-        elif op in (Opcode.BRANCH, Opcode.EMIT, Opcode.HALT):
-            pass    # no RUN to steer: nothing to do on the host stream
         else:
             self._common(ins)
         return b""
@@ -339,51 +269,39 @@ class FunctionalMachine:
     # -- checks
 
     def _check(self, ins, *, host: bool):
-        """Raise _Fault if ``ins`` is illegal here (the order of checks is the error's priority)."""
+        """Raise _Fault if ``ins`` is illegal here: the code by :func:`rtl.isa.instruction_error`
+        (the one statement of the rules), a message saying why."""
+        g = self.geometry
+        tok = int(self.tok[self.pos]) if self.pos < g.tokens else 0
+        code = instruction_error(ins, g, in_program=not host, pos=self.pos, tok=tok)
+        if code != ErrorCode.OK:
+            raise _Fault(code, self._why(ins, code, host, tok))
+
+    def _why(self, ins, code, host, tok) -> str:
         g = self.geometry
         op = ins.opcode
-        if not host and op in HOST_ONLY:
-            raise _Fault(ErrorCode.ILLEGAL_OPCODE, f"{op.name} is a host-stream instruction")
-        if op == Opcode.VEC:
-            if ins.tag not in VecOp._value2member_map_:
-                raise _Fault(ErrorCode.ILLEGAL_OPCODE, f"VEC tag {ins.tag} is reserved")
+        if code == ErrorCode.ILLEGAL_OPCODE:
+            if op == Opcode.VEC or op == Opcode.BRANCH:
+                return f"{op.name} tag {ins.tag} is reserved"
+            if op == Opcode.SETP:
+                return f"SETP of parameter {ins.tag}: there are {NUM_PARAMS}"
+            return f"{op.name} is illegal on the {'host stream' if host else 'program'}"
+        if code == ErrorCode.NO_UNIT:
             unit = VEC_UNIT[VecOp(ins.tag)]
-            if not g.has_unit(unit):
-                raise _Fault(ErrorCode.NO_UNIT, f"VEC {VecOp(ins.tag).name} needs the {unit} "
-                             f"unit, which this config does not have")
-        if op == Opcode.BRANCH and ins.tag not in Branch._value2member_map_:
-            raise _Fault(ErrorCode.ILLEGAL_OPCODE, f"BRANCH tag {ins.tag} is reserved")
-        if op == Opcode.SETP and ins.tag >= NUM_PARAMS:
-            raise _Fault(ErrorCode.ILLEGAL_OPCODE, f"SETP of parameter {ins.tag}: there are "
-                         f"{NUM_PARAMS}")
-        if op == Opcode.RUN:
-            if not g.program_words:
-                raise _Fault(ErrorCode.BAD_RUN, "RUN without a program memory")
-            if ins.count0 == 0 or ins.count0 + ins.count1 > g.tokens:
-                raise _Fault(ErrorCode.BAD_RUN, f"RUN with P = {ins.count0}, N = {ins.count1}: "
-                             f"needs P >= 1 and P + N <= {g.tokens} tokens")
-        if op == Opcode.MATMUL:
-            m, k = ins.count0, ins.count1
-            if g.dataflow == "ws" and k > g.rows:
-                raise _Fault(ErrorCode.DATAFLOW_LIMIT, f"a WS MATMUL takes k <= rows = {g.rows}, "
-                             f"not {k}")
-            if g.dataflow == "os" and m > g.rows:
-                raise _Fault(ErrorCode.DATAFLOW_LIMIT, f"an OS MATMUL takes m <= rows = "
-                             f"{g.rows}, not {m}")
-        self._check_range(ins)
-
-    def _check_range(self, ins):
-        g = self.geometry
-        depth = {"scratchpad": g.sp_depth, "accumulator": g.acc_depth,
-                 "program memory": g.program_words, "token buffer": g.tokens}
-        tok = 0
-        if ins.opcode == Opcode.VEC and ins.tag == VecOp.EMBED and self.pos < g.tokens:
-            tok = int(self.tok[self.pos])
-        for memory, first, count in footprint(ins, g, self.pos, tok):
-            if count and first + count > depth[memory]:
-                raise _Fault(ErrorCode.OUT_OF_RANGE,
-                             f"{memory} rows {first}..{first + count - 1} are beyond its "
-                             f"{depth[memory]} rows")
+            return f"VEC {VecOp(ins.tag).name} needs the {unit} unit, which this config lacks"
+        if code == ErrorCode.OUT_OF_RANGE:
+            for memory, first, rows in footprint(ins, g, self.pos, tok):
+                depth = memory_depth(g, memory)
+                if first + rows > depth:
+                    return (f"{op.name}: {_MEMORY_NAMES[memory]} rows {first}..{first + rows - 1} "
+                            f"are beyond its {depth} rows")
+        if code == ErrorCode.DATAFLOW_LIMIT:
+            if g.dataflow == "ws":
+                return f"a WS MATMUL takes k <= rows = {g.rows}, not {ins.count1}"
+            return f"an OS MATMUL takes m <= rows = {g.rows}, not {ins.count0}"
+        return (f"RUN of P = {ins.count0}, N = {ins.count1} from word {ins.addr0}: needs "
+                f"P >= 1, P + N <= {g.tokens} tokens and an entry word below "
+                f"{g.program_words}")
 
     # -- instructions of the host stream and programs alike
 
@@ -520,9 +438,10 @@ class FunctionalMachine:
             if self.steps > MAX_RUN_STEPS:
                 raise IsaError(f"the RUN from word {ins.addr0} did not halt in "
                                f"{MAX_RUN_STEPS} instructions")
+            pc &= 0xFFFF    # PC counts modulo 65536
             if pc >= g.program_words:
                 self._fail(_Fault(ErrorCode.OUT_OF_RANGE, f"program word {pc} is beyond the "
-                                  f"{g.program_words} words of program memory"), 0, pc & 0xFFFF)
+                                  f"{g.program_words} words of program memory"), FETCH_OPCODE, pc)
                 break
             word_ins = self._decoded.get(pc)
             if word_ins is None:
@@ -557,8 +476,6 @@ class FunctionalMachine:
                 if self.emitted < n:
                     reply += int(self.tok[self.pos + 1]).to_bytes(2, "little")
                     self.emitted += 1
-            elif op == Opcode.SYNC:
-                pass    # a SYNC inside a program has no host to answer (its byte is not sent)
             else:
                 self._common(word_ins)
         reply += b"\xff" * (2 * n - len(reply))

@@ -22,6 +22,12 @@ def payload_bytes(geometry: Geometry, instruction: Instruction) -> int:
         return instruction.count0 * geometry.sp_row_bytes
     if instruction.opcode == Opcode.SET_BIAS:
         return geometry.cols * geometry.acc_bytes
+    if instruction.opcode == Opcode.LOAD_ACC:
+        return instruction.count0 * geometry.acc_row_bytes
+    if instruction.opcode == Opcode.LOAD_PROG:
+        return instruction.count0 * INSTRUCTION_BYTES
+    if instruction.opcode == Opcode.RUN:
+        return 2 * instruction.count0       # the prompt's token ids, 2 bytes each
     return 0
 
 
@@ -35,6 +41,10 @@ def reply_bytes(geometry: Geometry, instruction: Instruction) -> int:
         return instruction.count0 * geometry.sp_row_bytes
     if instruction.opcode == Opcode.SYNC:
         return 1
+    if instruction.opcode == Opcode.RUN:
+        return 2 * instruction.count1       # the generated token ids, padded with 0xFF
+    if instruction.opcode == Opcode.STATUS:
+        return 4
     return 0
 
 
