@@ -20,7 +20,11 @@ from amaranth import *
 from amaranth.lib import wiring, stream, data
 from amaranth.lib.wiring import In, Out
 
-from .isa import Geometry, INSTRUCTION, INSTRUCTION_BYTES, Opcode, Flags, REQUANT_LATENCY, WRITEBACK_STAGES
+from amaranth.lib.memory import Memory
+
+from .isa import (Geometry, INSTRUCTION, INSTRUCTION_BYTES, Opcode, Flags, REQUANT_LATENCY,
+                  WRITEBACK_STAGES, HOST_ONLY, PROGRAM_ONLY, NUM_PARAMS, VecOp, VEC_UNIT, Branch,
+                  ErrorCode)
 from .requant import Requantizer
 
 __all__ = ["Controller", "host_ports"]
@@ -186,38 +190,82 @@ class Controller(wiring.Component):
         wb_old = Signal(cols * aw)
         m.d.sync += [wb[0].valid.eq(out_ok), wb[0].addr.eq(out_addr),
                      wb[0].accumulate.eq(out_tag.accumulate), wb[0].c.eq(arr.out_c)]
+        wb_data = Signal(cols * aw)
         forward = wb[1].valid & (wb[1].addr == wb[0].addr)
-        m.d.sync += [wb[1].eq(wb[0]), wb_old.eq(Mux(forward, acc.w_data, acc.r0_data))]
-        m.d.comb += [acc.w_en.eq(wb[1].valid), acc.w_addr.eq(wb[1].addr)]
+        m.d.sync += [wb[1].eq(wb[0]), wb_old.eq(Mux(forward, wb_data, acc.r0_data))]
         for j in range(cols):
             old = wb_old[j * aw:(j + 1) * aw].as_signed()
-            m.d.comb += acc.w_data[j * aw:(j + 1) * aw].eq(Mux(wb[1].accumulate, old, 0) + wb[1].c[j])
+            m.d.comb += wb_data[j * aw:(j + 1) * aw].eq(Mux(wb[1].accumulate, old, 0) + wb[1].c[j])
 
         # -------------------------------------------------------------- front end
         instr = Signal(INSTRUCTION)
-        count_byte = Signal(range(max(INSTRUCTION_BYTES, g.sp_row_bytes, cols * g.acc_bytes) + 1))
+        op = instr.opcode
+        max_row_bytes = max(g.sp_row_bytes, g.acc_row_bytes, INSTRUCTION_BYTES)
+        count_byte = Signal(range(max_row_bytes + 1))
         row = Signal(16)
         last_row = row == instr.count0 - 1
 
-        # Byte-serial reply path.
-        ser_bytes = max(g.acc_row_bytes, g.sp_row_bytes, g.out_row_bytes)
+        # Registers of ISA v1 (rtl/isa.py): where a RUN is, and the sticky error.
+        in_prog = Signal()          # executing from program memory
+        pc = Signal(16)             # the next program word
+        word = Signal(16)           # the program word of the instruction in DISPATCH
+        pos = Signal(16)
+        prompt = Signal(16)         # P
+        generate = Signal(16)       # N
+        last = Signal(17)           # max(P - 1, P + N - 2)
+        emitted = Signal(16)
+        params = Array(Signal(signed(32), name=f"param{i}") for i in range(NUM_PARAMS))
+        err_code = Signal(8)
+        err_op = Signal(8)
+        err_word = Signal(16)
+
+        # Program memory and the token buffer.
+        prog_w = None
+        if g.program_words:
+            m.submodules.program = program = Memory(shape=unsigned(8 * INSTRUCTION_BYTES),
+                                                    depth=g.program_words, init=[])
+            prog_w, prog_r = program.write_port(), program.read_port()
+        tok_here = Signal(16)       # TOK[POS]
+        tok_next = Signal(16)       # TOK[POS + 1]
+        tok_w = None
+        if g.tokens:
+            m.submodules.tok = tok_mem = Memory(shape=unsigned(16), depth=g.tokens, init=[])
+            tok_w = tok_mem.write_port()
+            here, nxt = tok_mem.read_port(), tok_mem.read_port()
+            m.d.comb += [here.addr.eq(pos), nxt.addr.eq(pos + 1),
+                         tok_here.eq(here.data), tok_next.eq(nxt.data)]
+
+        # Byte-serial reply path; 0xFF padding goes out directly once it is free.
+        ser_bytes = max(g.acc_row_bytes, g.sp_row_bytes, g.out_row_bytes, 4)
         ser = Signal(8 * ser_bytes)
         ser_left = Signal(range(ser_bytes + 1))
         ser_free = ser_left == 0
         ser_load = Signal()
         ser_data = Signal(8 * ser_bytes)
         ser_count = Signal(range(ser_bytes + 1))
-        m.d.comb += [self.o.valid.eq(~ser_free), self.o.payload.eq(ser[:8])]
+        pad_out = Signal()
+        m.d.comb += [self.o.valid.eq(~ser_free | pad_out),
+                     self.o.payload.eq(Mux(ser_free, 0xFF, ser[:8]))]
         with m.If(ser_load):
             m.d.sync += [ser.eq(ser_data), ser_left.eq(ser_count)]
-        with m.Elif(self.o.valid & self.o.ready):
+        with m.Elif(self.o.valid & self.o.ready & ~ser_free):
             m.d.sync += [ser.eq(ser >> 8), ser_left.eq(ser_left - 1)]
 
-        # Scratchpad rows from the host.
-        load_sr = Signal(8 * g.sp_row_bytes)
+        # Rows from the host (LOAD_SP, LOAD_ACC, LOAD_PROG, RUN's tokens): the bytes of a
+        # row of B bytes end up in the top B bytes of the shift register.
+        row_bytes = Mux(op == Opcode.LOAD_SP, g.sp_row_bytes,
+                        Mux(op == Opcode.LOAD_ACC, g.acc_row_bytes,
+                            Mux(op == Opcode.LOAD_PROG, INSTRUCTION_BYTES, 2)))
+        load_sr = Signal(8 * max_row_bytes)
+        load_addr = Signal(16)
         sp_write = Signal()
-        sp_write_addr = Signal(16)
-        sp_write_data = Signal(g.sp_lanes * iw)
+        acc_write = Signal()
+        prog_write = Signal()
+        tok_write = Signal()
+
+        def loaded(nbytes):
+            return load_sr[8 * (max_row_bytes - nbytes):]
+
         requant_write = Signal()
         bias = Signal(cols * aw)
 
@@ -243,17 +291,54 @@ class Controller(wiring.Component):
         m.d.comb += [
             acc.r0_en.eq(fe_acc_read | out_ok),
             acc.r0_addr.eq(Mux(fe_acc_read, fe_acc_addr, out_addr)),
+            acc.w_en.eq(wb[1].valid | acc_write),
+            acc.w_addr.eq(Mux(acc_write, load_addr, wb[1].addr)),
+            acc.w_data.eq(Mux(acc_write, loaded(g.acc_row_bytes), wb_data)),
         ]
         fe_sp_read = Signal()
         m.d.comb += [
             sp.r0_en.eq(fe_sp_read | engine_read_a),
             sp.r0_addr.eq(Mux(fe_sp_read, instr.addr0 + row, cur.addr0 + beat)),
             sp.w_en.eq(sp_write | requant_write),
-            sp.w_addr.eq(Mux(requant_write, instr.addr1 + row, sp_write_addr)),
-            sp.w_data.eq(Mux(requant_write, q_row, sp_write_data)),
+            sp.w_addr.eq(Mux(requant_write, instr.addr1 + row, load_addr)),
+            sp.w_data.eq(Mux(requant_write, q_row, loaded(g.sp_row_bytes))),
         ]
-        m.d.sync += sp_write.eq(0)
-        m.d.comb += self.busy.eq(~engine_idle)
+        if prog_w is not None:
+            m.d.comb += [prog_w.en.eq(prog_write), prog_w.addr.eq(load_addr),
+                         prog_w.data.eq(loaded(INSTRUCTION_BYTES))]
+        if tok_w is not None:
+            m.d.comb += [tok_w.en.eq(tok_write), tok_w.addr.eq(load_addr),
+                         tok_w.data.eq(loaded(2))]
+        m.d.sync += [sp_write.eq(0), acc_write.eq(0), prog_write.eq(0), tok_write.eq(0)]
+
+        # The error an instruction raises (rtl/isa.py: instruction_error, footprint).
+        error = Signal(8)
+        m.d.comb += error.eq(self._error(m, instr, in_prog, pos, tok_here))
+        status_or_reset = ~in_prog & ((op == Opcode.STATUS) | (op == Opcode.RESET))
+        skip = (error != 0) | ((err_code != 0) & ~status_or_reset)
+
+        # Skipped instructions: payload bytes to drop, 0xFF bytes to send.
+        drop_left = Signal(32)
+        pad_left = Signal(32)
+        payload_len = Mux(op == Opcode.LOAD_SP, instr.count0 * g.sp_row_bytes,
+                      Mux(op == Opcode.LOAD_ACC, instr.count0 * g.acc_row_bytes,
+                      Mux(op == Opcode.LOAD_PROG, instr.count0 * INSTRUCTION_BYTES,
+                      Mux(op == Opcode.SET_BIAS, cols * g.acc_bytes,
+                      Mux(op == Opcode.RUN, instr.count0 * 2, 0)))))
+        store_row_bytes = Mux((instr.flags & Flags.REQUANT) != 0, g.out_row_bytes, g.acc_row_bytes)
+        reply_len = Mux(op == Opcode.STORE, instr.count0 * store_row_bytes,
+                    Mux(op == Opcode.STORE_SP, instr.count0 * g.sp_row_bytes,
+                    Mux(op == Opcode.SYNC, 1,
+                    Mux(op == Opcode.RUN, instr.count1 * 2, 0))))
+        run_pad = (generate - emitted) * 2     # what a RUN still owes when it stops
+
+        m.d.comb += self.busy.eq(~engine_idle | in_prog)
+
+        def fetch_next():
+            with m.If(in_prog):
+                m.next = "PFETCH"
+            with m.Else():
+                m.next = "FETCH"
 
         with m.FSM():
             with m.State("FETCH"):
@@ -264,38 +349,118 @@ class Controller(wiring.Component):
                     with m.If(count_byte == INSTRUCTION_BYTES - 1):
                         m.d.sync += [count_byte.eq(0), row.eq(0)]
                         m.next = "DISPATCH"
+            with m.State("PFETCH"):
+                if g.program_words:
+                    m.d.comb += [prog_r.addr.eq(pc), prog_r.en.eq(1)]
+                if g.program_words < 65536:
+                    # Past the end of program memory: the RUN fails at the fetch.
+                    with m.If(pc >= g.program_words):
+                        m.d.sync += [err_code.eq(ErrorCode.OUT_OF_RANGE), err_op.eq(0xFF),
+                                     err_word.eq(pc), pad_left.eq(run_pad), in_prog.eq(0)]
+                        m.next = "PAD"
+                    with m.Else():
+                        m.next = "PLATCH"
+                else:
+                    m.next = "PLATCH"
+            with m.State("PLATCH"):
+                if g.program_words:
+                    m.d.sync += instr.eq(prog_r.data)
+                m.d.sync += [word.eq(pc), pc.eq(pc + 1), row.eq(0)]
+                m.next = "DISPATCH"
             with m.State("DISPATCH"):
-                with m.If(instr.opcode == Opcode.MATMUL):
+                with m.If(skip):
+                    with m.If(err_code == 0):
+                        m.d.sync += [err_code.eq(error), err_op.eq(instr.as_value()[:8] & 0x1F),
+                                     err_word.eq(Mux(in_prog, word, 0xFFFF))]
+                    with m.If(in_prog):
+                        m.d.sync += [drop_left.eq(0), pad_left.eq(run_pad), in_prog.eq(0)]
+                    with m.Else():
+                        m.d.sync += [drop_left.eq(payload_len), pad_left.eq(reply_len)]
+                    m.next = "DROP"
+                with m.Elif(op == Opcode.MATMUL):
                     with m.If(slot_state == EMPTY):
                         m.d.sync += [slot.eq(instr), slot_state.eq(PENDING)]
-                        m.next = "FETCH"
+                        fetch_next()
+                with m.Elif(op == Opcode.SETP):
+                    m.d.sync += params[instr.tag[:3]].eq(Cat(instr.addr0, instr.addr1))
+                    fetch_next()
+                with m.Elif(op == Opcode.BRANCH):
+                    with m.Switch(instr.tag):
+                        with m.Case(Branch.ALWAYS):
+                            m.d.sync += pc.eq(instr.addr0)
+                        with m.Case(Branch.PROMPT):
+                            with m.If(pos + 1 < prompt):
+                                m.d.sync += pc.eq(instr.addr0)
+                        with m.Case(Branch.LOOP):
+                            m.d.sync += pos.eq(pos + 1)
+                            with m.If(pos + 1 <= last):
+                                m.d.sync += pc.eq(instr.addr0)
+                    fetch_next()
+                with m.Elif(op == Opcode.EMIT):
+                    with m.If(emitted >= generate):
+                        fetch_next()
+                    with m.Elif(ser_free):
+                        m.d.comb += [ser_load.eq(1), ser_data.eq(tok_next), ser_count.eq(2)]
+                        m.d.sync += emitted.eq(emitted + 1)
+                        fetch_next()
                 with m.Elif(engine_idle):
-                    with m.Switch(instr.opcode):
+                    with m.Switch(op):
                         # Instructions over count0 rows; none at all is a no-op.
-                        for opcode, state in ((Opcode.LOAD_SP, "LOAD"), (Opcode.STORE, "ACC_READ"),
+                        for opcode, state in ((Opcode.LOAD_SP, "LOAD"), (Opcode.LOAD_ACC, "LOAD"),
+                                              (Opcode.LOAD_PROG, "LOAD"),
+                                              (Opcode.STORE, "ACC_READ"),
                                               (Opcode.REQUANT, "ACC_READ"),
                                               (Opcode.STORE_SP, "SP_READ")):
                             with m.Case(opcode):
                                 with m.If(instr.count0 == 0):
-                                    m.next = "FETCH"
+                                    fetch_next()
                                 with m.Else():
                                     m.next = state
+                        with m.Case(Opcode.RUN):
+                            m.d.sync += [
+                                prompt.eq(instr.count0), generate.eq(instr.count1),
+                                last.eq(Mux(instr.count1 == 0, instr.count0 - 1,
+                                            instr.count0 + instr.count1 - 2)),
+                                pos.eq(0), emitted.eq(0), pc.eq(instr.addr0),
+                            ]
+                            m.next = "LOAD"
                         with m.Case(Opcode.SET_BIAS):
                             m.next = "BIAS"
                         with m.Case(Opcode.SYNC):
                             m.next = "SYNC"
-                        with m.Default():
+                        with m.Case(Opcode.STATUS):
+                            m.next = "STATUS"
+                        with m.Case(Opcode.RESET):
+                            m.d.sync += [err_code.eq(0), err_op.eq(0), err_word.eq(0), pos.eq(0),
+                                         prompt.eq(0), generate.eq(0), last.eq(0), emitted.eq(0),
+                                         pc.eq(0), bias.eq(0)]
+                            m.d.sync += [p.eq(0) for p in params]
                             m.next = "FETCH"
+                        with m.Case(Opcode.HALT):
+                            m.d.sync += [drop_left.eq(0), pad_left.eq(run_pad), in_prog.eq(0)]
+                            m.next = "DROP"
+                        with m.Case(Opcode.VEC):
+                            m.next = "VEC"
+                        with m.Default():
+                            fetch_next()
             with m.State("LOAD"):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
                     m.d.sync += load_sr.eq(Cat(load_sr[8:], self.i.payload))
                     m.d.sync += count_byte.eq(count_byte + 1)
-                    with m.If(count_byte == g.sp_row_bytes - 1):
-                        m.d.sync += [count_byte.eq(0), row.eq(row + 1), sp_write.eq(1),
-                                     sp_write_addr.eq(instr.addr0 + row)]
+                    with m.If(count_byte == row_bytes - 1):
+                        m.d.sync += [count_byte.eq(0), row.eq(row + 1),
+                                     load_addr.eq(Mux(op == Opcode.RUN, row, instr.addr0 + row)),
+                                     sp_write.eq(op == Opcode.LOAD_SP),
+                                     acc_write.eq(op == Opcode.LOAD_ACC),
+                                     prog_write.eq(op == Opcode.LOAD_PROG),
+                                     tok_write.eq(op == Opcode.RUN)]
                         with m.If(last_row):
-                            m.next = "FETCH"
+                            with m.If(op == Opcode.RUN):
+                                m.d.sync += in_prog.eq(1)
+                                m.next = "PFETCH"
+                            with m.Else():
+                                m.next = "FETCH"
             with m.State("BIAS"):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
@@ -325,11 +490,11 @@ class Controller(wiring.Component):
                 with m.If(flush == Requantizer.LATENCY - 1):
                     m.next = "EMIT"
             with m.State("EMIT"):
-                with m.If(instr.opcode == Opcode.REQUANT):
+                with m.If(op == Opcode.REQUANT):
                     m.d.comb += requant_write.eq(1)
                     m.d.sync += row.eq(row + 1)
                     with m.If(last_row):
-                        m.next = "FETCH"
+                        fetch_next()
                     with m.Else():
                         m.next = "ACC_READ"
                 with m.Elif(ser_free):
@@ -360,5 +525,130 @@ class Controller(wiring.Component):
                 with m.If(ser_free):
                     m.d.comb += [ser_load.eq(1), ser_data.eq(instr.tag), ser_count.eq(1)]
                     m.next = "FETCH"
-        m.d.comb += sp_write_data.eq(load_sr)
+            with m.State("STATUS"):
+                with m.If(ser_free):
+                    m.d.comb += [ser_load.eq(1), ser_data.eq(Cat(err_code, err_op, err_word)),
+                                 ser_count.eq(4)]
+                    m.next = "FETCH"
+            with m.State("DROP"):
+                # A skipped instruction's payload, then its reply as 0xFF bytes.
+                m.d.comb += self.i.ready.eq(drop_left != 0)
+                with m.If(drop_left == 0):
+                    m.next = "PAD"
+                with m.Elif(self.i.valid):
+                    m.d.sync += drop_left.eq(drop_left - 1)
+            with m.State("PAD"):
+                with m.If(pad_left == 0):
+                    m.next = "FETCH"
+                with m.Elif(ser_free):
+                    m.d.comb += pad_out.eq(1)
+                    with m.If(self.o.ready):
+                        m.d.sync += pad_left.eq(pad_left - 1)
+            with m.State("VEC"):
+                # The vector unit lands in a later commit; until then a VEC does nothing.
+                fetch_next()
         return m
+
+    def _error(self, m, instr, in_prog, pos, tok):
+        """The ErrorCode of ``instr`` (0 if legal), as rtl/isa.py's instruction_error."""
+        g = self.geometry
+        op = instr.opcode
+        cols = g.cols
+
+        def is_op(*opcodes):
+            return Cat(op == o for o in opcodes).any()
+
+        def vrows(n):                       # ceil(n / cols)
+            return _div_const(n + (cols - 1), cols)
+
+        illegal = (op.as_value() >= len(Opcode)) \
+            | (in_prog & is_op(*HOST_ONLY)) | (~in_prog & is_op(*PROGRAM_ONLY)) \
+            | ((op == Opcode.VEC) & (instr.tag >= len(VecOp))) \
+            | ((op == Opcode.BRANCH) & (instr.tag >= len(Branch))) \
+            | ((op == Opcode.SETP) & (instr.tag >= NUM_PARAMS))
+        has_unit = Cat(g.has_unit(VEC_UNIT[v]) for v in VecOp)
+        no_unit = (op == Opcode.VEC) & (instr.tag < len(VecOp)) & ~has_unit.bit_select(
+            instr.tag[:4], 1)
+
+        depth = {"sp": g.sp_depth, "acc": g.acc_depth, "prog": g.program_words, "tok": g.tokens}
+        ranges = []                         # (memory, first, rows, when)
+        m_, k_ = instr.count0, instr.count1
+        mm = op == Opcode.MATMUL
+        if g.dataflow == "ws":
+            ranges += [("sp", instr.addr0, m_, mm), ("sp", instr.addr1, k_, mm),
+                       ("acc", instr.addr2, m_, mm)]
+        else:
+            ranges += [("sp", instr.addr0, k_, mm), ("sp", instr.addr1, k_, mm),
+                       ("acc", instr.addr2, Mux(k_ != 0, m_, 0), mm)]
+        n = instr.count0
+        ranges += [
+            ("acc", instr.addr0, n, op == Opcode.REQUANT), ("sp", instr.addr1, n, op == Opcode.REQUANT),
+            ("sp", instr.addr0, n, is_op(Opcode.LOAD_SP, Opcode.STORE_SP)),
+            ("acc", instr.addr0, n, is_op(Opcode.LOAD_ACC, Opcode.STORE)),
+            ("prog", instr.addr0, n, op == Opcode.LOAD_PROG),
+            ("prog", instr.addr0, 1, op == Opcode.BRANCH),
+            ("tok", pos + 1, 1, op == Opcode.EMIT),
+        ]
+        if g.units:
+            vec = lambda v: (op == Opcode.VEC) & (instr.tag == v)
+            r = vrows(n)
+            perchan = (instr.flags & Flags.PERCHAN) != 0
+            with_pos = (instr.flags & Flags.POS) != 0
+            if g.has_unit("elementwise"):
+                ranges += [
+                    ("acc", instr.addr0, r, vec(VecOp.REQ)),
+                    ("acc", instr.addr1, Mux(perchan, r, 0), vec(VecOp.REQ)),
+                    ("sp", instr.addr2, r, vec(VecOp.REQ)),
+                    ("acc", instr.addr0, r, vec(VecOp.ADD)), ("acc", instr.addr1, r, vec(VecOp.ADD)),
+                    ("acc", instr.addr2, Mux(perchan, r, 0), vec(VecOp.ADD)),
+                    ("sp", instr.addr0, r, vec(VecOp.MUL)), ("sp", instr.addr1, r, vec(VecOp.MUL)),
+                    ("sp", instr.addr2, r, vec(VecOp.MUL)),
+                    ("acc", instr.addr0, n, vec(VecOp.COPY_ACC)),
+                    ("acc", instr.addr2, n, vec(VecOp.COPY_ACC)),
+                    ("sp", instr.addr0, n, vec(VecOp.COPY_SP)),
+                    ("sp", instr.addr1 + Mux(with_pos, pos, 0),
+                     Mux(n != 0, (n - 1) * instr.count1 + 1, 0), vec(VecOp.COPY_SP)),
+                    ("sp", instr.addr0, r, vec(VecOp.PUT_COL)),
+                    ("sp", instr.addr1 + _div_const(pos, cols) * n, n, vec(VecOp.PUT_COL)),
+                ]
+            if g.has_unit("gelu"):
+                ranges += [("sp", instr.addr0, r, vec(VecOp.GELU)),
+                           ("sp", instr.addr2, r, vec(VecOp.GELU))]
+            if g.has_unit("softmax"):
+                valid = n + Mux(with_pos, pos, 0)
+                ranges += [("acc", instr.addr0, vrows(valid), vec(VecOp.SOFTMAX)),
+                           ("sp", instr.addr2, vrows(Mux(valid > instr.count1, valid, instr.count1)),
+                            vec(VecOp.SOFTMAX))]
+            if g.has_unit("layernorm"):
+                ranges += [("acc", instr.addr0, r, vec(VecOp.LAYERNORM)),
+                           ("acc", instr.addr1, r * 2, vec(VecOp.LAYERNORM)),
+                           ("sp", instr.addr2, r, vec(VecOp.LAYERNORM))]
+            if g.has_unit("embed"):
+                ranges += [("tok", pos, 1, vec(VecOp.EMBED)),
+                           ("sp", instr.addr0 + _div_const(tok, cols) * n, n, vec(VecOp.EMBED)),
+                           ("sp", instr.addr1 + _div_const(pos, cols) * n, n, vec(VecOp.EMBED)),
+                           ("acc", instr.addr2, r, vec(VecOp.EMBED))]
+            if g.has_unit("argmax"):
+                ranges += [("acc", instr.addr0, r, vec(VecOp.ARGMAX)),
+                           ("tok", pos + 1, 1, vec(VecOp.ARGMAX))]
+        out_of_range = Cat(when & (rows != 0) & (first + rows > depth[memory])
+                           for memory, first, rows, when in ranges).any()
+        limit = instr.count1 if g.dataflow == "ws" else instr.count0
+        dataflow = mm & (limit > g.rows)
+        bad_run = (op == Opcode.RUN) & ((instr.count0 == 0)
+                                        | (instr.count0 + instr.count1 > g.tokens)
+                                        | (instr.addr0 >= g.program_words))
+        return Mux(illegal, ErrorCode.ILLEGAL_OPCODE,
+               Mux(no_unit, ErrorCode.NO_UNIT,
+               Mux(out_of_range, ErrorCode.OUT_OF_RANGE,
+               Mux(dataflow, ErrorCode.DATAFLOW_LIMIT,
+               Mux(bad_run, ErrorCode.BAD_RUN, ErrorCode.OK)))))
+
+
+def _div_const(x, d):
+    """floor(x / d) for an unsigned value and a constant ``d``: a shift, or a multiply by
+    ceil(2**k / d) with k = len(x) + ceil(log2 d), exact for every x < 2**len(x)."""
+    if d & (d - 1) == 0:
+        return x >> (d.bit_length() - 1)
+    k = len(x) + (d - 1).bit_length()
+    return (x * -(-(1 << k) // d)) >> k

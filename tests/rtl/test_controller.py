@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rtl.isa import Geometry, Instruction, Opcode, Flags, encode
+from rtl.isa import Geometry, Instruction, Opcode, Flags, ErrorCode, encode
 from rtl.top import Accelerator
 from tests.rtl.streams import run_stream
 from tests.rtl.test_requant import torch_requant
@@ -112,12 +112,30 @@ def test_ws_ignores_stale_lanes_beyond_k():
     assert got.tolist() == (a[:, :2] @ b[:2]).tolist()
 
 
-def test_unknown_opcodes_are_skipped():
+def test_reserved_opcode_sets_the_sticky_error_until_reset():
+    """A reserved opcode is illegal: later instructions are skipped with 0xFF replies of the
+    right length (their payloads dropped), STATUS names it, and RESET brings the machine back."""
     g = Geometry(rows=2, cols=2, scratchpad_kib=0.25, accumulator_kib=0.25, banks=1)
-    nop = encode(Instruction(Opcode.NOP))
-    junk = bytes([0x0F]) + bytes(15)            # opcode 15 is not assigned
-    reply, _ = run_stream(Accelerator(g), nop + junk + encode(Instruction(Opcode.SYNC, tag=3)), 1)
-    assert reply == b"\x03"
+    junk = bytes([0x1F]) + bytes(15)            # opcode 31 is reserved
+    rows = pack([[1, 2], [3, 4]], g.sp_lanes, 8)
+    reply, _ = run_stream(Accelerator(g), program(
+        (Instruction(Opcode.NOP), b""),
+        (Instruction(Opcode.SYNC, tag=1), b""),
+    ) + junk + program(
+        (Instruction(Opcode.SYNC, tag=3), b""),
+        (Instruction(Opcode.LOAD_SP, addr0=0, count0=2), rows),
+        (Instruction(Opcode.STORE_SP, addr0=0, count0=2), b""),
+        (Instruction(Opcode.STATUS), b""),
+        (Instruction(Opcode.RESET), b""),
+        (Instruction(Opcode.STATUS), b""),
+        (Instruction(Opcode.LOAD_SP, addr0=0, count0=2), rows),
+        (Instruction(Opcode.STORE_SP, addr0=0, count0=2), b""),
+    ), 1 + 1 + 2 * g.sp_row_bytes + 4 + 4 + 2 * g.sp_row_bytes)
+    n = 2 * g.sp_row_bytes
+    assert reply[:2 + n] == b"\x01" + b"\xff" * (1 + n)
+    assert reply[2 + n:6 + n] == bytes([ErrorCode.ILLEGAL_OPCODE, 0x1F, 0xFF, 0xFF])
+    assert reply[6 + n:10 + n] == bytes(4)
+    assert reply[10 + n:] == rows
 
 
 def test_accumulating_into_the_row_just_written():
