@@ -108,7 +108,7 @@ __all__ = [
     "HOST_ONLY", "NUM_PARAMS", "INSTRUCTION", "INSTRUCTION_BYTES", "Instruction",
     "encode", "decode", "Geometry", "REQUANT_LATENCY", "WRITEBACK_STAGES",
     "PROGRAM_ONLY", "PROGRAM_FETCH_CYCLES", "MEMORIES", "memory_depth", "footprint",
-    "instruction_error", "vector_rows", "payload_length", "reply_length",
+    "instruction_error", "vector_rows",
 ]
 
 # Timing contract: the RTL is built from these and firmware/cycles.py models them.
@@ -546,21 +546,3 @@ def instruction_error(instruction: Instruction, geometry: Geometry, *, in_progra
         return ErrorCode.BAD_RUN
     return ErrorCode.OK
 
-
-def payload_length(instruction: Instruction, geometry: Geometry) -> int:
-    """Payload bytes that follow ``instruction`` on the host stream (also when it is skipped)."""
-    ins, g = instruction, geometry
-    return {Opcode.LOAD_SP: ins.count0 * g.sp_row_bytes,
-            Opcode.LOAD_ACC: ins.count0 * g.acc_row_bytes,
-            Opcode.LOAD_PROG: ins.count0 * INSTRUCTION_BYTES,
-            Opcode.SET_BIAS: g.cols * g.acc_bytes,
-            Opcode.RUN: 2 * ins.count0}.get(ins.opcode, 0)
-
-
-def reply_length(instruction: Instruction, geometry: Geometry) -> int:
-    """Reply bytes ``instruction`` gives on the host stream (also when it is skipped: 0xFF)."""
-    ins, g = instruction, geometry
-    if ins.opcode == Opcode.STORE:
-        return ins.count0 * (g.out_row_bytes if ins.flags & Flags.REQUANT else g.acc_row_bytes)
-    return {Opcode.STORE_SP: ins.count0 * g.sp_row_bytes, Opcode.SYNC: 1,
-            Opcode.RUN: 2 * ins.count1, Opcode.STATUS: 4}.get(ins.opcode, 0)
