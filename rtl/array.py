@@ -14,7 +14,8 @@ cycle, bottom row first (``out_row`` says which). Two last beats must be at
 least ``os_spacing`` cycles apart so the result chain is free.
 
 Both: ``in_tag`` travels with a beat (WS) or with the last beat (OS) and comes
-out as ``out_tag`` beside the results it belongs to.
+out as ``out_tag`` beside the results it belongs to. ``multiplier`` picks every
+PE's multiplier (a kind from :mod:`rtl.dsp`); all kinds have the same latency.
 """
 
 import operator
@@ -23,6 +24,7 @@ from amaranth import *
 from amaranth.lib import wiring, data
 from amaranth.lib.wiring import In, Out
 
+from .dsp import check_kind
 from .pe import WeightStationaryPE, OutputStationaryPE, PRODUCT_STAGES
 
 __all__ = ["SystolicArray"]
@@ -51,7 +53,8 @@ class SystolicArray(wiring.Component):
     out_valid, out_c, out_tag as above; out_row : Out(range(rows))
     """
 
-    def __init__(self, rows, cols, *, dataflow="ws", input_width=8, acc_width=32, tag_width=1):
+    def __init__(self, rows, cols, *, dataflow="ws", input_width=8, acc_width=32, tag_width=1,
+                 multiplier="generic"):
         self.rows = operator.index(rows)
         self.cols = operator.index(cols)
         for name, value in (("rows", self.rows), ("cols", self.cols)):
@@ -63,6 +66,11 @@ class SystolicArray(wiring.Component):
         self.input_width = operator.index(input_width)
         self.acc_width = operator.index(acc_width)
         self.tag_width = operator.index(tag_width)
+        try:
+            self.multiplier = check_kind(multiplier)
+        except ValueError:
+            self._MustUse__silence = True   # never built: no "never used" warning
+            raise
         iw, aw = self.input_width, self.acc_width
         ports = {
             "in_valid": In(1),
@@ -121,7 +129,8 @@ class SystolicArray(wiring.Component):
         m = Module()
         rows, cols = self.rows, self.cols
         i_ = self._registered_inputs(m)
-        pes = [[WeightStationaryPE(input_width=self.input_width, acc_width=self.acc_width)
+        pes = [[WeightStationaryPE(input_width=self.input_width, acc_width=self.acc_width,
+                                   multiplier=self.multiplier)
                 for _ in range(cols)] for _ in range(rows)]
         for i in range(rows):
             a = _delay(m, i_["in_a"][i], i, f"skew_a{i}")
@@ -150,7 +159,8 @@ class SystolicArray(wiring.Component):
         m = Module()
         rows, cols = self.rows, self.cols
         i_ = self._registered_inputs(m)
-        pes = [[OutputStationaryPE(input_width=self.input_width, acc_width=self.acc_width)
+        pes = [[OutputStationaryPE(input_width=self.input_width, acc_width=self.acc_width,
+                                   multiplier=self.multiplier)
                 for _ in range(cols)] for _ in range(rows)]
         shift = Signal()
         b_top = [_delay(m, i_["in_b"][j], j, f"skew_b{j}") for j in range(cols)]

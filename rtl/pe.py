@@ -6,10 +6,12 @@ from amaranth import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from .dsp import LATENCY, check_kind, make_multiplier
+
 __all__ = ["WeightStationaryPE", "OutputStationaryPE", "PRODUCT_STAGES"]
 
 # Registers from the operands to the product (DSP input and output registers).
-PRODUCT_STAGES = 2
+PRODUCT_STAGES = LATENCY
 
 
 def _check_widths(input_width, acc_width):
@@ -27,9 +29,10 @@ class WeightStationaryPE(wiring.Component):
 
     The multiplier has registers on its inputs and its output (``PRODUCT_STAGES``),
     so neither it, the routing to a DSP block, nor the adder chain sets the
-    clock alone. ``psum_in`` is used ``PRODUCT_STAGES`` cycles after ``a_in``,
-    which is exactly when the PE above delivers it: the partial sum still
-    advances one PE a cycle.
+    clock alone; ``multiplier`` (a kind from :mod:`rtl.dsp`) says whether they
+    are fabric registers around ``*`` or the DSP block's own. ``psum_in`` is
+    used ``PRODUCT_STAGES`` cycles after ``a_in``, which is exactly when the PE
+    above delivers it: the partial sum still advances one PE a cycle.
 
     The weight is double-buffered. ``w_load`` writes ``w_data`` into the shadow
     register; the beat that carries ``swap_in`` multiplies with the shadow and
@@ -45,8 +48,9 @@ class WeightStationaryPE(wiring.Component):
     w_load : In(1), w_data : In(signed(input_width))
     """
 
-    def __init__(self, *, input_width=8, acc_width=32):
+    def __init__(self, *, input_width=8, acc_width=32, multiplier="generic"):
         self.input_width, self.acc_width = _check_widths(input_width, acc_width)
+        self.multiplier = check_kind(multiplier)
         iw, aw = self.input_width, self.acc_width
         super().__init__({
             "a_in": In(signed(iw)), "valid_in": In(1), "swap_in": In(1),
@@ -59,21 +63,18 @@ class WeightStationaryPE(wiring.Component):
         m = Module()
         shadow = Signal(signed(self.input_width))
         active = Signal(signed(self.input_width))
-        a_reg = Signal(signed(self.input_width))
-        w_reg = Signal(signed(self.input_width))
-        product = Signal(signed(2 * self.input_width))
+        m.submodules.mul = mul = make_multiplier(self.multiplier, self.input_width,
+                                                 self.input_width)
         with m.If(self.w_load):
             m.d.sync += shadow.eq(self.w_data)
         with m.If(self.valid_in & self.swap_in):
             m.d.sync += active.eq(shadow)
+        m.d.comb += [mul.a.eq(self.a_in), mul.b.eq(Mux(self.swap_in, shadow, active))]
         m.d.sync += [
             self.a_out.eq(self.a_in),
             self.valid_out.eq(self.valid_in),
             self.swap_out.eq(self.valid_in & self.swap_in),
-            a_reg.eq(self.a_in),
-            w_reg.eq(Mux(self.swap_in, shadow, active)),
-            product.eq(a_reg * w_reg),
-            self.psum_out.eq(self.psum_in + product),
+            self.psum_out.eq(self.psum_in + mul.p),
         ]
         return m
 
@@ -96,8 +97,9 @@ class OutputStationaryPE(wiring.Component):
     result_in, result : signed(acc_width)  the result chain from above / this PE's result
     """
 
-    def __init__(self, *, input_width=8, acc_width=32):
+    def __init__(self, *, input_width=8, acc_width=32, multiplier="generic"):
         self.input_width, self.acc_width = _check_widths(input_width, acc_width)
+        self.multiplier = check_kind(multiplier)
         iw, aw = self.input_width, self.acc_width
         super().__init__({
             "a_in": In(signed(iw)), "valid_in": In(1), "first_in": In(1), "last_in": In(1),
@@ -111,18 +113,17 @@ class OutputStationaryPE(wiring.Component):
         m = Module()
         acc = Signal(signed(self.acc_width))
         total = Signal(signed(self.acc_width))
-        a_reg = Signal(signed(self.input_width))
-        b_reg = Signal(signed(self.input_width))
-        product = Signal(signed(2 * self.input_width))
+        m.submodules.mul = mul = make_multiplier(self.multiplier, self.input_width,
+                                                 self.input_width)
         flags = [(Signal(name=f"valid{n}"), Signal(name=f"first{n}"), Signal(name=f"last{n}"))
                  for n in range(PRODUCT_STAGES)]
-        m.d.sync += [a_reg.eq(self.a_in), b_reg.eq(self.b_in), product.eq(a_reg * b_reg)]
+        m.d.comb += [mul.a.eq(self.a_in), mul.b.eq(self.b_in)]
         previous = (self.valid_in, self.first_in, self.last_in)
         for stage in flags:
             m.d.sync += [reg.eq(value) for reg, value in zip(stage, previous)]
             previous = stage
         valid, first, last = flags[-1]
-        m.d.comb += total.eq(Mux(first, 0, acc) + product)
+        m.d.comb += total.eq(Mux(first, 0, acc) + mul.p)
         with m.If(valid):
             m.d.sync += acc.eq(total)
         with m.If(valid & last):

@@ -1,0 +1,168 @@
+"""The DSP primitives' behavioural models against the generic multiplier, alone and in
+whole arrays; the Instances' pins and parameters as the build elaborates them."""
+
+import functools
+import random
+
+import pytest
+import torch
+from amaranth.back import rtlil
+from amaranth.sim import Simulator
+
+from rtl.array import SystolicArray
+from rtl.dsp import (LATENCY, KINDS, ECP5Multiplier, ICE40Multiplier, MULT18X18DModel,
+                     SB_MAC16Model, make_multiplier)
+from rtl.pe import PRODUCT_STAGES
+
+from . import test_array
+from .test_array import _run_os, _run_ws
+
+MODELS = ["generic", "ecp5-model", "ice40-model"]
+
+
+def _operands(width, count, seed):
+    """Every extreme pair, then random pairs."""
+    lo, hi = -(1 << (width - 1)), (1 << (width - 1)) - 1
+    extremes = [lo, lo + 1, -1, 0, 1, hi - 1, hi]
+    pairs = [(a, b) for a in extremes for b in extremes]
+    rng = random.Random(seed)
+    pairs += [(rng.randint(lo, hi), rng.randint(lo, hi)) for _ in range(count)]
+    return pairs
+
+
+def _products(kind, width, pairs):
+    """Feed one pair a cycle; the product ``LATENCY`` cycles later, for each pair."""
+    dut = make_multiplier(kind, width, width)
+    seen = []
+
+    async def bench(ctx):
+        for a, b in pairs + [(0, 0)] * LATENCY:
+            ctx.set(dut.a, a)
+            ctx.set(dut.b, b)
+            await ctx.tick()
+            seen.append(ctx.get(dut.p))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    # After tick n the output register holds the product of the pair set before tick n-1.
+    return seen[LATENCY - 1:LATENCY - 1 + len(pairs)]
+
+
+def test_latency_is_the_pe_latency():
+    assert LATENCY == PRODUCT_STAGES == 2
+
+
+@pytest.mark.parametrize("width", [4, 8, 16])
+@pytest.mark.parametrize("kind", MODELS)
+def test_model_equals_generic_and_exact_product(kind, width):
+    pairs = _operands(width, 300, seed=width)
+    got = _products(kind, width, pairs)
+    assert got == [a * b for a, b in pairs]
+    if kind != "generic":
+        assert got == _products("generic", width, pairs)
+
+
+def test_ecp5_takes_18_bit_operands():
+    pairs = _operands(18, 50, seed=18)
+    assert _products("ecp5-model", 18, pairs) == [a * b for a, b in pairs]
+    with pytest.raises(ValueError, match="a_width must be from 2 to 16, not 17"):
+        ICE40Multiplier(17, 8)
+    with pytest.raises(ValueError, match="multiplier must be one of generic, ecp5, ice40, "
+                                         "ecp5-model, ice40-model, not 'xilinx'"):
+        make_multiplier("xilinx", 8, 8)
+
+
+def test_primitive_models_follow_their_parameters():
+    """Unsigned operands (SIGNED* low, *_SIGNED = 0) and no registers: the models follow
+    the primitive's pins and parameters, not just the settings the PEs use."""
+    ecp5 = MULT18X18DModel({})                     # no registers: combinational
+    ice40 = SB_MAC16Model({"A_SIGNED": 0, "B_SIGNED": 0, "TOPOUTPUT_SELECT": 3,
+                           "BOTOUTPUT_SELECT": 3})
+    seen = {}
+
+    async def bench(ctx):
+        ctx.set(ecp5.A, 0x3FFFF); ctx.set(ecp5.B, 0x3FFFF)        # -1 * -1 when signed
+        ctx.set(ice40.A, 0xFFFF); ctx.set(ice40.B, 0x8000)
+        await ctx.delay(1e-7)
+        seen["ecp5 unsigned"] = ctx.get(ecp5.P)
+        ctx.set(ecp5.SIGNEDA, 1); ctx.set(ecp5.SIGNEDB, 1)
+        await ctx.delay(1e-7)
+        seen["ecp5 signed"] = ctx.get(ecp5.P)
+        seen["ice40 unsigned"] = ctx.get(ice40.O)
+
+    from amaranth import Module
+    m = Module()
+    m.submodules.ecp5, m.submodules.ice40 = ecp5, ice40
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen == {"ecp5 unsigned": (0x3FFFF * 0x3FFFF) % (1 << 36), "ecp5 signed": 1,
+                    "ice40 unsigned": 0xFFFF * 0x8000}
+    with pytest.raises(ValueError, match="REG_PIPELINE_CLK = 'CLK0' is not modelled"):
+        MULT18X18DModel({"REG_PIPELINE_CLK": "CLK0"})
+    with pytest.raises(ValueError, match="MODE_8x8 = 1 is not modelled"):
+        SB_MAC16Model({"MODE_8x8": 1})
+
+
+@pytest.mark.parametrize("cls,cell,params", [
+    (ECP5Multiplier, "MULT18X18D",
+     ["REG_INPUTA_CLK \"CLK0\"", "REG_INPUTB_CLK \"CLK0\"", "REG_OUTPUT_CLK \"CLK0\"",
+      "REG_PIPELINE_CLK \"NONE\""]),
+    (ICE40Multiplier, "SB_MAC16",
+     ["A_REG 1'1", "B_REG 1'1", "PIPELINE_16x16_MULT_REG2 1'1", "BOTOUTPUT_SELECT 2'11",
+      "TOPOUTPUT_SELECT 2'11", "A_SIGNED 1'1", "MODE_8x8 1'0"]),
+])
+def test_instance_has_its_registers_on(cls, cell, params):
+    """What the build gets: the primitive itself (no model, no fabric multiplier)."""
+    text = rtlil.convert(cls(8, 8), name="top")
+    assert f"cell \\{cell} " in text
+    assert "$mul" not in text
+    for param in params:
+        name, value = param.split(" ")
+        assert f"parameter \\{name} {value}" in text
+
+
+def _with_multiplier(monkeypatch, kind):
+    """test_array's runners, building their arrays with ``kind``'s multipliers."""
+    monkeypatch.setattr(test_array, "SystolicArray",
+                        functools.partial(SystolicArray, multiplier=kind))
+
+
+@pytest.mark.parametrize("kind", ["ecp5-model", "ice40-model"])
+def test_ws_array_with_each_primitive(kind, monkeypatch):
+    rows, cols = 3, 4
+    g = torch.Generator().manual_seed(8)
+    tiles = [(torch.randint(-128, 128, (rows, cols), generator=g),
+              torch.randint(-128, 128, (m, rows), generator=g)) for m in (1, 6)]
+    tiles.append((torch.full((rows, cols), -128), torch.full((3, rows), -128)))
+    generic = _run_ws(rows, cols, tiles)
+    _with_multiplier(monkeypatch, kind)
+    got = _run_ws(rows, cols, tiles)
+    assert got == generic
+    assert [c for _, c in got] == [row for w, a in tiles for row in (a @ w).tolist()]
+
+
+@pytest.mark.parametrize("kind", ["ecp5-model", "ice40-model"])
+def test_os_array_with_each_primitive(kind, monkeypatch):
+    rows, cols = 3, 2
+    g = torch.Generator().manual_seed(9)
+    tiles = [(torch.randint(-128, 128, (rows, k), generator=g),
+              torch.randint(-128, 128, (k, cols), generator=g)) for k in (1, 9)]
+    spacing = 2 * rows + cols - 1
+    tiles.append((torch.full((rows, spacing), 127), torch.full((spacing, cols), -128)))
+    _, generic = _run_os(rows, cols, tiles, spacing=spacing)
+    _with_multiplier(monkeypatch, kind)
+    dut, got = _run_os(rows, cols, tiles, spacing=spacing)
+    assert dut.multiplier == kind
+    assert got == generic
+    results = {(tag, row): c for tag, row, c in got}
+    for n, (a, b) in enumerate(tiles):
+        assert [results[n, r] for r in range(rows)] == (a @ b).tolist()
+
+
+def test_array_rejects_an_unknown_multiplier():
+    with pytest.raises(ValueError, match="not 'dsp48'"):
+        SystolicArray(2, 2, multiplier="dsp48")
+    assert set(KINDS) >= set(MODELS)
