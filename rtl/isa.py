@@ -424,6 +424,76 @@ def vector_rows(n: int, cols: int) -> int:
     return -(-n // cols)
 
 
+# Vector unit timing (rtl/vector.py builds its pipelines to these numbers).
+# A row pass reads its operand rows (one cycle each on the accumulator's read
+# port, the scratchpad's two ports at once), streams the row through the lane
+# pipeline in cols / vector_lanes cycles, and reads the next row while the
+# previous one is still in the pipeline; after the last row the pipeline drains.
+VEC_DRAIN = {           # pipeline depth of each row pass, in cycles
+    "req": 5, "add": 6, "mul": 6, "gelu": 12,
+    "softmax_max": 5, "softmax_sum": 10, "softmax_out": 12,
+    "layernorm_sum": 1, "layernorm_var": 4, "layernorm_out": 10,
+    "argmax": 1,
+}
+VEC_DIV_STEPS = {"softmax": 19, "mean": 32, "var": 31, "inv": 32}  # quotient bits
+VEC_SQRT_STEPS = 16
+VEC_ADDR_SETUP_CYCLES = 32   # EMBED/PUT_COL: TOK[POS] and POS over cols (16), times n (16)
+
+
+def vector_op_cycles(instruction: Instruction, geometry: Geometry, pos: int = 0) -> int:
+    """Cycles a VEC instruction keeps the vector unit busy (rtl/vector.py).
+
+    The controller pulses ``start`` in cycle 0; ``busy`` is then high in cycles
+    1 .. ``vector_op_cycles(...)`` and low after, and every write of the
+    instruction (memories, TOK) happens in one of those cycles. The count
+    depends on the instruction, the geometry (cols, vector_lanes) and POS only,
+    never on the data. ``instruction.tag`` must be a VecOp.
+    """
+    ins, g = instruction, geometry
+    op = VecOp(ins.tag)
+    cols, steps = g.cols, g.cols // g.vector_lanes
+    n = ins.count0
+    rows = vector_rows(n, cols)
+    perchan = 1 if ins.flags & Flags.PERCHAN else 0
+
+    def row_pass(reads, nrows, kind):
+        return nrows * (reads + steps) + VEC_DRAIN[kind]
+
+    def divide(kind):
+        return 1 + VEC_DIV_STEPS[kind]
+
+    setup = 1
+    if op == VecOp.REQ:
+        return setup + row_pass(1 + perchan, rows, "req")
+    if op == VecOp.ADD:
+        return setup + row_pass(2 + perchan, rows, "add")
+    if op == VecOp.MUL:
+        return setup + row_pass(1, rows, "mul")
+    if op == VecOp.GELU:
+        return setup + row_pass(1, rows, "gelu")
+    if op == VecOp.SOFTMAX:
+        valid = n + (pos if ins.flags & Flags.POS else 0)
+        written = vector_rows(max(valid, ins.count1), cols)
+        return (setup + row_pass(1, vector_rows(valid, cols), "softmax_max")
+                + row_pass(1, vector_rows(valid, cols), "softmax_sum") + divide("softmax")
+                + row_pass(1, written, "softmax_out"))
+    if op == VecOp.LAYERNORM:
+        return (setup + row_pass(1, rows, "layernorm_sum") + divide("mean")
+                + row_pass(1, rows, "layernorm_var") + divide("var") + 1 + VEC_SQRT_STEPS
+                + divide("inv") + row_pass(3, rows, "layernorm_out"))
+    if op == VecOp.ARGMAX:
+        return setup + row_pass(1, rows, "argmax") + 1
+    if op == VecOp.EMBED:
+        return setup + VEC_ADDR_SETUP_CYCLES + n + 3
+    if op == VecOp.PUT_COL:
+        return setup + VEC_ADDR_SETUP_CYCLES + n + 1
+    assert op in (VecOp.COPY_ACC, VecOp.COPY_SP)
+    return setup + n + 1
+
+
+__all__ += ["vector_op_cycles"]
+
+
 _VEC_OPS = frozenset(int(op) for op in VecOp)
 _BRANCHES = frozenset(int(b) for b in Branch)
 
