@@ -80,9 +80,25 @@ def write_manifest(out: pathlib.Path, config: Config, stages: dict, extra_tools:
     return manifest
 
 
+def multiplier_for(config: Config) -> str:
+    """``[accelerator] multiplier`` with ``auto`` resolved from the target device: its
+    family's DSP primitive (``rtl.dsp``) when the PEs leave a DSP block for the other
+    multipliers, else the generic ``*`` (which the synth stage can move to LUTs)."""
+    choice = config.accelerator.multiplier
+    if choice != "auto":
+        return choice
+    from boards import BOARDS, DEVICES
+    target = config.target
+    device = DEVICES.get(BOARDS[target.board].device if target.board else target.device)
+    if device is None:
+        return "generic"
+    dsps = device.limits.get({"ecp5": "MULT18X18D", "ice40": "ICESTORM_DSP"}[device.family], 0)
+    return device.family if config.accelerator.rows * config.accelerator.cols < dsps else "generic"
+
+
 def accelerator_for(config: Config):
     from rtl.top import Accelerator
-    return Accelerator(config.accelerator.geometry)
+    return Accelerator(config.accelerator.geometry, multiplier=multiplier_for(config))
 
 
 def generate_verilog(config: Config, path: pathlib.Path) -> pathlib.Path:

@@ -15,6 +15,8 @@ A config file has an ``[accelerator]`` table and a ``[target]`` table::
     tokens = 128          # token buffer: the longest prompt + generation a RUN holds
     units = ["elementwise", "gelu", "softmax", "layernorm", "embed", "argmax"]
     vector_lanes = 1      # elements the vector units take a cycle (divides cols)
+    multiplier = "auto"   # PE multipliers: "auto" (the target family's DSP primitive with
+                          # its registers, when the PEs fit its DSPs), "generic", "ecp5", "ice40"
 
     [target]
     board = "ulx3s-85f"   # a name from boards.BOARDS, or give device instead
@@ -32,6 +34,7 @@ import pathlib
 import tomllib
 import typing
 
+from rtl.dsp import MULTIPLIERS
 from rtl.isa import Geometry
 
 __all__ = ["ConfigError", "AcceleratorConfig", "TargetConfig", "Config",
@@ -56,8 +59,12 @@ class AcceleratorConfig:
     tokens: int = 0
     units: tuple[str, ...] = ()
     vector_lanes: int = 1
+    multiplier: str = "auto"   # not part of the Geometry: every kind has the same timing
 
     def __post_init__(self):
+        if self.multiplier not in ("auto",) + MULTIPLIERS:
+            raise ConfigError(f"[accelerator] multiplier must be one of auto, "
+                              f"{', '.join(MULTIPLIERS)}, not {self.multiplier!r}")
         try:
             self.geometry
         except ValueError as e:
@@ -65,7 +72,7 @@ class AcceleratorConfig:
 
     @property
     def geometry(self) -> Geometry:
-        return Geometry(**asdict(self))
+        return Geometry(**{k: v for k, v in asdict(self).items() if k != "multiplier"})
 
 
 @dataclass(frozen=True)

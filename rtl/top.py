@@ -25,10 +25,11 @@ class Accelerator(wiring.Component):
     busy : Out(1)   the controller has work in flight (for a status LED)
     """
 
-    def __init__(self, geometry: Geometry):
+    def __init__(self, geometry: Geometry, *, multiplier="generic"):
         if not isinstance(geometry, Geometry):
             raise TypeError(f"geometry must be an rtl.isa.Geometry, not {geometry!r}")
         self.geometry = geometry
+        self.multiplier = multiplier   # the PEs' (rtl.dsp.KINDS); the timing is the same
         super().__init__(host_ports())
 
     def elaborate(self, platform):
@@ -41,7 +42,7 @@ class Accelerator(wiring.Component):
             transparent=True)
         m.submodules.array = array = SystolicArray(
             g.rows, g.cols, dataflow=g.dataflow, input_width=g.input_width,
-            acc_width=g.acc_width, tag_width=33)
+            acc_width=g.acc_width, tag_width=33, multiplier=self.multiplier)
         m.submodules.requantizer = requantizer = Requantizer(
             input_width=g.input_width, acc_width=g.acc_width)
         m.submodules.controller = controller = Controller(

@@ -166,3 +166,27 @@ def test_array_rejects_an_unknown_multiplier():
     with pytest.raises(ValueError, match="not 'dsp48'"):
         SystolicArray(2, 2, multiplier="dsp48")
     assert set(KINDS) >= set(MODELS)
+
+
+@pytest.mark.parametrize("accelerator,target,expected", [
+    ({}, {"board": "ulx3s-85f"}, "ecp5"),
+    ({"rows": 4, "cols": 4, "scratchpad_kib": 4, "accumulator_kib": 4},
+     {"board": "orangecrab-25f"}, "ecp5"),
+    ({"scratchpad_kib": 4, "accumulator_kib": 4}, {"board": "orangecrab-25f"}, "generic"),
+    ({"rows": 2, "cols": 2, "scratchpad_kib": 1, "accumulator_kib": 1, "banks": 1},
+     {"board": "icebreaker"}, "ice40"),
+    ({"multiplier": "generic"}, {"board": "ulx3s-85f"}, "generic"),
+])
+def test_the_build_resolves_auto_from_the_device(accelerator, target, expected):
+    """``auto``: the family's primitive while the PEs leave a DSP block for the rest
+    (the 25F's 28 cannot take 8x8), else generic; anything else is taken as given."""
+    from gen.build import multiplier_for
+    from gen.config import parse_config
+    assert multiplier_for(parse_config({"accelerator": accelerator, "target": target})) == expected
+
+
+def test_config_refuses_an_unknown_multiplier():
+    from gen.config import ConfigError, parse_config
+    with pytest.raises(ConfigError, match=r"^\[accelerator\] multiplier must be one of auto, "
+                                          r"generic, ecp5, ice40, not 'dsp48'$"):
+        parse_config({"accelerator": {"multiplier": "dsp48"}, "target": {"board": "ulx3s-85f"}})
