@@ -1,23 +1,48 @@
 """The cycle model: how many clock cycles a program takes on the RTL, without simulating it.
 
 It follows the controller (``rtl/controller.py``) event by event: the front end
-fetches each 16-byte instruction word at one byte a cycle, runs loads, stores
-and SYNC itself once the matmul engine is idle, and hands MATMULs to the
-engine's one-instruction slot; the engine streams tiles back to back (WS loads
-the next tile's weights into the shadow registers meanwhile; OS keeps the
-array's result chain free). ``tests/firmware/test_cycles.py`` checks it against
-the RTL to the cycle.
+fetches each 16-byte instruction word from the host at one byte a cycle (a word
+of program memory in ``PROGRAM_FETCH_CYCLES``), runs loads, stores, SYNC, VEC
+and the rest itself once the matmul engine is idle (SETP, BRANCH and EMIT do not
+wait for it), and hands MATMULs to the engine's one-instruction slot; the engine
+streams tiles back to back (WS loads the next tile's weights into the shadow
+registers meanwhile; OS keeps the array's result chain free). A RUN executes
+the loaded program, following its branches and POS; illegal instructions raise
+the sticky error of ``rtl/isa.py`` (:func:`rtl.isa.instruction_error`) and are
+skipped, as on the device. ``tests/firmware/test_cycles.py`` checks it
+against the RTL to the cycle.
 
 Cycles are counted as the simulation backends count them: clock edges from the
 first one that may take the first host byte (the host never leaves a gap and
 always takes replies) up to and including the one that sends the last reply byte.
+
+The model knows the data only where timing depends on it: the program words
+(LOAD_PROG payloads) and the prompt (RUN payloads, for EMBED's range check).
+Tokens that ARGMAX writes are taken as 0.
+
+:func:`link_seconds` gives the other half of board time: the UART host link.
 """
 
 from dataclasses import dataclass
+import math
 
-from rtl.isa import Geometry, Opcode, Flags, INSTRUCTION_BYTES, REQUANT_LATENCY, WRITEBACK_STAGES
+from rtl.isa import (Geometry, Opcode, Flags, Branch, ErrorCode, INSTRUCTION_BYTES,
+                     REQUANT_LATENCY, WRITEBACK_STAGES, PROGRAM_FETCH_CYCLES, decode,
+                     instruction_error, Instruction, encode)
+from rtl.hostlink import MAX_PAYLOAD
+from .program import payload_bytes, reply_bytes
 
-__all__ = ["CycleReport", "cycle_report"]
+__all__ = ["CycleReport", "cycle_report", "run_cycles", "LinkTime", "link_seconds",
+           "VEC_DISPATCH_CYCLES"]
+
+# A VEC: the cycles from its dispatch (the engine idle) to the next fetch, beyond the
+# vector unit's own latency (rtl.isa.vector_op_cycles).
+VEC_DISPATCH_CYCLES = 2
+
+# Host-link frames (rtl/hostlink.py): SOF, seq, len, payload, crc16 to the board;
+# SOF, status, ack, len, data, crc16 back.
+HOST_FRAME_OVERHEAD = 5
+REPLY_FRAME_OVERHEAD = 6
 
 
 @dataclass(frozen=True)
@@ -30,129 +55,348 @@ class CycleReport:
     matmul_beats    cycles in which a beat entered the array
     macs            useful multiply-accumulates the MATMULs asked for (m * k * n with
                     n = cols, the lanes a tile computes; the caller knows the true n)
+    instructions    instruction words executed (host words and program words)
+    error           the sticky error at the end (rtl.isa.ErrorCode)
     """
     total_cycles: int
     compute_cycles: int
     matmul_beats: int
     macs_issued: int
     instructions: int
+    error: ErrorCode = ErrorCode.OK
 
     def utilization(self, useful_macs: int, rows: int, cols: int, *, compute_only=False) -> float:
         cycles = self.compute_cycles if compute_only else self.total_cycles
         return useful_macs / (cycles * rows * cols) if cycles else 0.0
 
 
-def _instructions(program):
-    if hasattr(program, "instructions"):
-        return program.instructions
-    return list(program)
+def _steps(program, geometry):
+    """[(Instruction or raw 16-byte word, payload)] of a byte stream, a Program, a list of
+    (instruction, payload) pairs, or a list of instructions (zero payloads)."""
+    if isinstance(program, (bytes, bytearray)):
+        steps, offset = [], 0
+        data = bytes(program)
+        while offset < len(data):
+            word = data[offset:offset + INSTRUCTION_BYTES]
+            offset += INSTRUCTION_BYTES
+            try:
+                ins = decode(word)
+            except ValueError:          # a reserved opcode: no payload
+                steps.append((word, b""))
+                continue
+            size = payload_bytes(geometry, ins)
+            steps.append((ins, data[offset:offset + size]))
+            offset += size
+        return steps
+    if hasattr(program, "steps"):
+        return list(program.steps)
+    return [item if isinstance(item, tuple) else (item, bytes(payload_bytes(geometry, item)))
+            for item in program]
+
+
+class _Timeline:
+    """The controller's state and timing as the model follows it (see the module docstring)."""
+
+    def __init__(self, g: Geometry):
+        self.g = g
+        rows, cols = g.rows, g.cols
+        if g.dataflow == "ws":
+            self.drain = g.array_latency + WRITEBACK_STAGES     # after the last beat
+        else:
+            self.drain = g.array_latency + rows - 1 + WRITEBACK_STAGES   # + the result chain
+        self.row_period = cols + 2 + REQUANT_LATENCY    # ACC_READ, ACC_WAIT, LANES, FLUSH -> EMIT
+        self.t = 0                  # cycle at which the front end enters a fetch state
+        self.ser_free = 0           # first cycle the reply serializer is free
+        self.last_reply = None      # cycle that sends the last reply byte
+        self.slot_empty = 0         # first cycle the engine's slot is empty
+        self.idle = 0               # first cycle the engine has nothing in flight
+        self.guard_free = 0         # WS: first cycle the shadow weights may be loaded
+        self.prev_start, self.prev_beats = None, 0   # the previous tile's start and beats
+        self.last_beat = None       # OS: cycle of the latest last beat
+        self.compute = 0
+        self.run_start = None
+        self.beats = 0
+        self.macs = 0
+        self.instructions = 0
+        # ISA state the timing depends on.
+        self.error = ErrorCode.OK
+        self.pos = self.prompt = self.generate = self.emitted = 0
+        self.program = [bytes(INSTRUCTION_BYTES)] * g.program_words
+        self.tok = [0] * g.tokens
+
+    # -- pieces of the controller's timing
+
+    def _wait_engine(self, d):
+        """DISPATCH of an instruction that waits for the engine to be idle."""
+        d = max(d, self.idle, self.slot_empty)
+        if self.run_start is not None:
+            self.compute += d - self.run_start
+            self.run_start = None
+        return d
+
+    def _reply(self, e, nbytes):
+        """The serializer loads ``nbytes`` at cycle ``e``."""
+        self.ser_free = e + nbytes + 1
+        self.last_reply = e + nbytes
+
+    def _skip(self, d, drop, pad):
+        """A skipped instruction dispatched at ``d``: DROP its payload, PAD its reply."""
+        return self._pad(d + drop + 2, pad)
+
+    def _pad(self, p, pad):
+        """PAD entered at ``p``: 0xFF bytes once the serializer is free; the next fetch."""
+        if not pad:
+            return p + 1
+        e = max(p, self.ser_free)
+        self.last_reply = e + pad - 1
+        self.ser_free = max(self.ser_free, e + pad)
+        return e + pad + 1
+
+    def _matmul(self, ins, d):
+        g = self.g
+        if self.run_start is None:
+            self.run_start = d
+        d = max(d, self.slot_empty)
+        m, k = ins.count0, ins.count1
+        if g.dataflow == "ws":
+            x = max(d + 1, self.guard_free)             # PENDING -> LOADING
+            y = x + k + 1 if k else x + 1
+            if self.prev_start is not None and self.prev_beats:
+                y = max(y, self.prev_start + self.prev_beats)
+            self.slot_empty = y + 1
+            self.guard_free = y + 1 + g.swap_guard
+            beats = m
+            self.macs += m * k * g.cols
+        else:
+            y = d + 1
+            if self.last_beat is not None:
+                y = max(y, self.last_beat + max(0, g.os_spacing - k))
+            self.slot_empty = y + 1
+            beats = k
+            if k:
+                self.last_beat = y + k
+            self.macs += min(m, g.rows) * k * g.cols
+        if beats:
+            self.idle = max(self.idle, y + beats + 1 + self.drain)
+            self.prev_start, self.prev_beats = y, beats
+        self.beats += beats
+        return d + 1
+
+    def _common(self, ins, d):
+        """An instruction that host stream and program alike may carry, dispatched at ``d``
+        (legal, no sticky error); the cycle of the next fetch."""
+        g = self.g
+        op = ins.opcode
+        if op == Opcode.MATMUL:
+            return self._matmul(ins, d)
+        if op == Opcode.SETP:
+            return d + 1
+        d = self._wait_engine(d)
+        if op == Opcode.REQUANT:
+            return d + 1 + ins.count0 * (self.row_period + 1) if ins.count0 else d + 1
+        if op == Opcode.VEC:
+            return d + VEC_DISPATCH_CYCLES + _vector_cycles(ins, g, self.pos)
+        return d + 1    # NOP
+
+    # -- the host stream
+
+    def host(self, ins, payload):
+        g = self.g
+        self.instructions += 1
+        d = self.t + INSTRUCTION_BYTES                  # DISPATCH
+        if not isinstance(ins, Instruction):            # a reserved opcode
+            self._fail(ErrorCode.ILLEGAL_OPCODE)
+            self.t = self._skip(d, 0, 0)
+            return
+        op = ins.opcode
+        if self.error == ErrorCode.OK or op not in (Opcode.STATUS, Opcode.RESET):
+            code = self.error or instruction_error(ins, g, pos=self.pos, tok=self._tok_here())
+            if code != ErrorCode.OK:
+                self._fail(code)
+                self.t = self._skip(d, payload_bytes(g, ins), reply_bytes(g, ins))
+                return
+        if op not in (Opcode.LOAD_SP, Opcode.LOAD_ACC, Opcode.LOAD_PROG, Opcode.SET_BIAS,
+                      Opcode.STORE, Opcode.STORE_SP, Opcode.SYNC, Opcode.STATUS, Opcode.RESET,
+                      Opcode.RUN):
+            self.t = self._common(ins, d)
+            return
+        d = self._wait_engine(d)
+        s = d + 1
+        rows_n = ins.count0
+        if op in (Opcode.LOAD_SP, Opcode.LOAD_ACC, Opcode.LOAD_PROG, Opcode.SET_BIAS):
+            self.t = s + len(payload) if op == Opcode.SET_BIAS or rows_n else d + 1
+            if op == Opcode.LOAD_PROG:
+                for r in range(rows_n):
+                    self.program[ins.addr0 + r] = bytes(
+                        payload[r * INSTRUCTION_BYTES:(r + 1) * INSTRUCTION_BYTES])
+        elif op == Opcode.STORE:
+            if not rows_n:
+                self.t = d + 1
+                return
+            nbytes = g.out_row_bytes if ins.flags & Flags.REQUANT else g.acc_row_bytes
+            for _ in range(rows_n):
+                e = max(s + self.row_period, self.ser_free)
+                self._reply(e, nbytes)
+                s = e + 1
+            self.t = s
+        elif op == Opcode.STORE_SP:
+            if not rows_n:
+                self.t = d + 1
+                return
+            for _ in range(rows_n):
+                e = max(s + 1, self.ser_free)
+                self._reply(e, g.sp_row_bytes)
+                s = e + 1
+            self.t = s
+        elif op in (Opcode.SYNC, Opcode.STATUS):
+            e = max(s, self.ser_free)
+            self._reply(e, 1 if op == Opcode.SYNC else 4)
+            self.t = e + 1
+        elif op == Opcode.RESET:
+            self.error = ErrorCode.OK
+            self.pos = self.prompt = self.generate = self.emitted = 0
+            self.t = d + 1
+        else:
+            self.t = self._run(ins, payload, d)
+
+    def _fail(self, code):
+        if self.error == ErrorCode.OK:
+            self.error = code
+
+    def _tok_here(self):
+        return self.tok[self.pos] if self.pos < len(self.tok) else 0
+
+    # -- a RUN
+
+    def _run(self, ins, payload, d):
+        """A legal RUN dispatched at ``d``; the cycle the front end fetches from the host again."""
+        g = self.g
+        for i in range(ins.count0):
+            self.tok[i] = int.from_bytes(payload[2 * i:2 * i + 2], "little")
+        self.prompt, self.generate = ins.count0, ins.count1
+        self.pos = self.emitted = 0
+        last = max(self.prompt - 1, self.prompt + self.generate - 2)
+        t = d + 1 + 2 * ins.count0                      # the tokens, then PFETCH
+        pc = ins.addr0
+        while True:
+            owed = 2 * (self.generate - self.emitted)
+            if pc >= g.program_words:                   # ran past the end: fails at the fetch
+                self._fail(ErrorCode.OUT_OF_RANGE)
+                return self._pad(t + 1, owed)
+            self.instructions += 1
+            d = t + PROGRAM_FETCH_CYCLES
+            try:
+                word = decode(self.program[pc])
+            except ValueError:
+                word = None
+            pc = (pc + 1) & 0xFFFF
+            code = ErrorCode.ILLEGAL_OPCODE if word is None else instruction_error(
+                word, g, in_program=True, pos=self.pos, tok=self._tok_here())
+            if code != ErrorCode.OK:
+                self._fail(code)
+                return self._skip(d, 0, owed)
+            op = word.opcode
+            if op == Opcode.HALT:
+                return self._skip(self._wait_engine(d), 0, owed)
+            if op == Opcode.BRANCH:
+                if word.tag == Branch.ALWAYS:
+                    pc = word.addr0
+                elif word.tag == Branch.PROMPT:
+                    if self.pos + 1 < self.prompt:
+                        pc = word.addr0
+                else:
+                    self.pos += 1
+                    if self.pos <= last:
+                        pc = word.addr0
+                t = d + 1
+            elif op == Opcode.EMIT:
+                if self.emitted < self.generate:
+                    d = max(d, self.ser_free)
+                    self._reply(d, 2)
+                    self.emitted += 1
+                t = d + 1
+            else:
+                t = self._common(word, d)
+
+    def report(self):
+        if self.run_start is not None:
+            self.compute += max(self.idle, self.slot_empty) - self.run_start
+            self.run_start = None
+        end = self.last_reply + 1 if self.last_reply is not None else max(self.t, self.idle)
+        return CycleReport(total_cycles=end, compute_cycles=self.compute,
+                           matmul_beats=self.beats, macs_issued=self.macs,
+                           instructions=self.instructions, error=self.error)
+
+
+def _vector_cycles(instruction, geometry, pos):
+    """The vector unit's latency (rtl.isa.vector_op_cycles, once the unit exists)."""
+    import rtl.isa
+    function = getattr(rtl.isa, "vector_op_cycles", None)
+    return function(instruction, geometry, pos) if function and geometry.units else 0
 
 
 def cycle_report(program, geometry: Geometry) -> CycleReport:
-    """Model ``program`` (a firmware Program or a list of rtl.isa.Instruction)."""
-    g = geometry
-    rows, cols = g.rows, g.cols
-    latency = g.array_latency
-    if g.dataflow == "ws":
-        drain = latency + WRITEBACK_STAGES        # array + write-back after the last beat
-    else:
-        drain = latency + rows - 1 + WRITEBACK_STAGES   # + the result chain
-    guard = g.swap_guard
-    spacing = g.os_spacing
-    row_period = cols + 2 + REQUANT_LATENCY       # ACC_READ, ACC_WAIT, LANES, FLUSH -> EMIT
+    """Model ``program``: a byte stream, a firmware Program, a list of (Instruction, payload)
+    pairs, or a list of Instructions (their payloads taken as zeros)."""
+    timeline = _Timeline(geometry)
+    for ins, payload in _steps(program, geometry):
+        timeline.host(ins, payload)
+    return timeline.report()
 
-    t = 0                   # cycle at which the front end is in FETCH, ready for a byte
-    ser_free = 0            # first cycle the reply serializer is free
-    last_reply = None       # cycle that sends the last reply byte
-    slot_empty = 0          # first cycle the engine's slot is empty
-    idle = 0                # first cycle the engine has nothing in flight
-    guard_free = 0          # WS: first cycle the shadow weights may be loaded
-    prev_start, prev_beats = None, 0   # the previous tile's start cycle and beats
-    last_beat = None        # OS: cycle of the latest last beat
-    compute = 0
-    run_start = None
-    beats_total = 0
-    macs = 0
-    instructions = _instructions(program)
 
-    for instruction in instructions:
-        op = instruction.opcode
-        d = t + INSTRUCTION_BYTES         # DISPATCH
-        if op == Opcode.MATMUL:
-            if run_start is None:
-                run_start = d
-            d = max(d, slot_empty)
-            m, k = instruction.count0, instruction.count1
-            if g.dataflow == "ws":
-                x = max(d + 1, guard_free)            # PENDING -> LOADING
-                loaded = x + k + 1 if k else x + 1
-                y = loaded
-                if prev_start is not None and prev_beats:
-                    y = max(y, prev_start + prev_beats)
-                slot_empty = y + 1
-                guard_free = y + 1 + guard
-                beats = m
-                macs += m * k * cols
-            else:
-                y = d + 1
-                if last_beat is not None:
-                    y = max(y, last_beat + max(0, spacing - k))
-                slot_empty = y + 1
-                beats = k
-                if k:
-                    last_beat = y + k
-                macs += min(m, rows) * k * cols
-            if beats:
-                idle = max(idle, y + beats + 1 + drain)
-                prev_start, prev_beats = y, beats
-            beats_total += beats
-            t = d + 1
-            continue
+def run_cycles(program_words, entry: int, prompt: int, generate: int, geometry: Geometry, *,
+               tokens=None) -> int:
+    """Cycles of one RUN (its word, its ``prompt`` token ids, the program until HALT, the
+    2 * ``generate`` reply bytes) with ``program_words`` (Instructions or 16-byte words, from
+    word 0) in program memory; ``tokens``: the prompt's ids (zeros if not given)."""
+    timeline = _Timeline(geometry)
+    for address, word in enumerate(program_words):
+        timeline.program[address] = word if isinstance(word, bytes) else encode(word)
+    tokens = list(tokens) if tokens is not None else [0] * prompt
+    payload = b"".join(int(x).to_bytes(2, "little") for x in tokens)
+    timeline.host(Instruction(Opcode.RUN, addr0=entry, count0=prompt, count1=generate), payload)
+    return timeline.report().total_cycles
 
-        # Any other instruction waits for the engine.
-        d = max(d, idle, slot_empty)
-        if run_start is not None:
-            compute += d - run_start
-            run_start = None
-        s = d + 1
-        rows_n = instruction.count0
-        if op == Opcode.LOAD_SP:
-            t = s + rows_n * g.sp_row_bytes if rows_n else d + 1
-        elif op == Opcode.SET_BIAS:
-            t = s + cols * g.acc_bytes
-        elif op == Opcode.STORE:
-            if not rows_n:
-                t = d + 1
-                continue
-            nbytes = g.out_row_bytes if instruction.flags & Flags.REQUANT else g.acc_row_bytes
-            for _ in range(rows_n):
-                e = max(s + row_period, ser_free)
-                ser_free = e + nbytes + 1
-                last_reply = e + nbytes
-                s = e + 1
-            t = s
-        elif op == Opcode.REQUANT:
-            t = s + rows_n * (row_period + 1) if rows_n else d + 1
-        elif op == Opcode.STORE_SP:
-            if not rows_n:
-                t = d + 1
-                continue
-            for _ in range(rows_n):
-                e = max(s + 1, ser_free)
-                ser_free = e + g.sp_row_bytes + 1
-                last_reply = e + g.sp_row_bytes
-                s = e + 1
-            t = s
-        elif op == Opcode.SYNC:
-            e = max(s, ser_free)
-            ser_free = e + 2
-            last_reply = e + 1
-            t = e + 1
-        else:  # NOP
-            t = d + 1
 
-    if run_start is not None:
-        compute += max(idle, slot_empty) - run_start
-    end = last_reply + 1 if last_reply is not None else max(t, idle)
-    return CycleReport(total_cycles=end, compute_cycles=compute, matmul_beats=beats_total,
-                       macs_issued=macs, instructions=len(instructions))
+@dataclass(frozen=True)
+class LinkTime:
+    """Time on the UART host link for one exchange of byte streams (see :func:`link_seconds`).
+
+    frames          host frames (each answered by one reply frame)
+    to_board_bytes  bytes on the wire towards the board, framing included
+    to_host_bytes   bytes on the wire back
+    seconds         the total: both directions at baud / 10 bytes a second, plus a
+                    turnaround per frame
+    """
+    frames: int
+    to_board_bytes: int
+    to_host_bytes: int
+    to_board_s: float
+    to_host_s: float
+    turnaround_s: float
+
+    @property
+    def seconds(self) -> float:
+        return self.to_board_s + self.to_host_s + self.turnaround_s
+
+
+def link_seconds(in_bytes: int, out_bytes: int, *, baud: int = 1_000_000,
+                 turnaround_s: float = 1e-3, frame_bytes: int = MAX_PAYLOAD) -> LinkTime:
+    """Seconds the framed host link (rtl/hostlink.py, firmware/serial.py) needs to carry
+    ``in_bytes`` of program to the board and ``out_bytes`` of reply back.
+
+    Stop and wait, as ``SerialBackend.run`` does it: the program goes in frames of
+    ``frame_bytes`` (5 bytes of framing each); the reply comes back in reply frames of
+    up to 255 bytes (6 bytes of framing each), one per host frame, collected by empty
+    polling frames once the program is in. The model takes the reply as ready when the
+    program has gone (the accelerator's own time is the cycle model's), so the frames
+    are ceil(in / frame_bytes) + ceil(out / 255). A UART byte is 10 bits (8N1); every
+    frame costs ``turnaround_s`` (the USB-serial adapter's latency and the host's
+    reaction, 1 ms by default).
+    """
+    frames = math.ceil(in_bytes / frame_bytes) + math.ceil(out_bytes / MAX_PAYLOAD)
+    to_board = in_bytes + HOST_FRAME_OVERHEAD * frames
+    to_host = out_bytes + REPLY_FRAME_OVERHEAD * frames
+    return LinkTime(frames=frames, to_board_bytes=to_board, to_host_bytes=to_host,
+                    to_board_s=to_board * 10 / baud, to_host_s=to_host * 10 / baud,
+                    turnaround_s=frames * turnaround_s)

@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from firmware.cycles import cycle_report
-from rtl.isa import Geometry, Instruction, Opcode, Flags, encode
+from firmware.cycles import cycle_report, run_cycles, link_seconds
+from rtl.isa import Geometry, Instruction, Opcode, Flags, Branch, VecOp, encode
 from rtl.top import Accelerator
 from tests.rtl.streams import run_stream
 from firmware.program import payload_bytes, reply_bytes
@@ -83,3 +83,182 @@ def test_cycle_model_matches_rtl_on_back_to_back_tiles(dataflow, size):
     n_reply = sum(reply_bytes(g, i) for i, _ in steps)
     _, cycles = run_stream(Accelerator(g), program, n_reply)
     assert cycle_report([i for i, _ in steps], g).total_cycles == cycles
+
+
+# --- ISA v1: programs in program memory, RUN, errors -------------------------------------------
+
+def v1_geometry(rows, cols, dataflow, **kw):
+    return Geometry(rows=rows, cols=cols, dataflow=dataflow, scratchpad_kib=0.5, accumulator_kib=1,
+                    banks=2, program_kib=0.5, tokens=12, **kw)
+
+
+def random_matmul(g, rnd):
+    if g.dataflow == "ws":
+        m, k = rnd.choice([0, 1, 3, 9]), rnd.randint(0, g.rows)
+    else:
+        m, k = rnd.randint(0, g.rows), rnd.choice([0, 1, 5, 2 * g.rows + g.cols + 1])
+    return Instruction(Opcode.MATMUL, flags=rnd.choice([0, Flags.ACCUMULATE]),
+                       addr0=rnd.randrange(g.sp_depth - 12), addr1=rnd.randrange(g.sp_depth - 12),
+                       addr2=rnd.randrange(g.acc_depth - 12), count0=m, count1=k)
+
+
+def random_body(g, rnd, length):
+    """Straight-line instructions that a program and the host stream may both carry."""
+    body = []
+    for _ in range(length):
+        kind = rnd.choice(["mm", "mm", "mm", "requant", "setp", "nop"])
+        if kind == "mm":
+            body.append(random_matmul(g, rnd))
+        elif kind == "requant":
+            body.append(Instruction(Opcode.REQUANT, addr0=rnd.randrange(g.acc_depth - 4),
+                                    addr1=rnd.randrange(g.sp_depth - 4), count0=rnd.randint(0, 2),
+                                    mult=rnd.randrange(1 << 16), shift=rnd.randrange(24)))
+        elif kind == "setp":
+            body.append(Instruction(Opcode.SETP, tag=rnd.randrange(8), addr0=rnd.randrange(1 << 16),
+                                    addr1=rnd.randrange(1 << 16)))
+        else:
+            body.append(Instruction(Opcode.NOP))
+    return body
+
+
+def random_model_program(g, rnd, *, fault=False):
+    """A decoder-shaped program: per position a body, EMIT past the prompt, LOOP, HALT.
+    ``fault``: one illegal word somewhere in the loop (the RUN stops there)."""
+    words = []
+    if rnd.random() < 0.5:        # a forward ALWAYS over a word that would fail
+        words += [Instruction(Opcode.BRANCH, tag=Branch.ALWAYS, addr0=2), Instruction(Opcode.STORE)]
+    top = len(words)
+    words += random_body(g, rnd, rnd.randint(1, 4))
+    skip = len(words) + 2
+    words += [Instruction(Opcode.BRANCH, tag=Branch.PROMPT, addr0=skip), Instruction(Opcode.EMIT)]
+    words += random_body(g, rnd, rnd.randint(0, 2))
+    words += [Instruction(Opcode.BRANCH, tag=Branch.LOOP, addr0=top), Instruction(Opcode.HALT)]
+    if fault:
+        bad = rnd.choice([Instruction(Opcode.SYNC, tag=1), Instruction(Opcode.RUN),
+                          Instruction(Opcode.MATMUL, addr2=g.acc_depth - 1, count0=2, count1=1),
+                          Instruction(Opcode.BRANCH, tag=Branch.ALWAYS, addr0=g.program_words),
+                          Instruction(Opcode.VEC, tag=0)])
+        words.insert(rnd.randrange(top, len(words) - 1), bad)
+    return words
+
+
+def random_v1_stream(g, seed, *, runs=2, fault=None):
+    """A host stream over every instruction of ISA v1 that a config without vector units runs:
+    loads, a program, RUNs with prompts, MATMULs, stores, STATUS; with ``fault`` ("host" or
+    "program") one illegal instruction, the skipped ones after it, STATUS, RESET, and more."""
+    rnd = random.Random(seed)
+    steps = []
+
+    def add(instruction, payload=None):
+        if payload is None:
+            payload = bytes(rnd.randrange(256) for _ in range(payload_bytes(g, instruction)))
+        steps.append((instruction, payload))
+
+    add(Instruction(Opcode.SET_BIAS))
+    add(Instruction(Opcode.LOAD_SP, addr0=0, count0=8))
+    add(Instruction(Opcode.LOAD_ACC, addr0=rnd.randrange(g.acc_depth - 4), count0=rnd.randint(1, 3)))
+    words = random_model_program(g, rnd, fault=fault == "program")
+    entry = rnd.randrange(4)
+    add(Instruction(Opcode.LOAD_PROG, addr0=entry, count0=len(words)),
+        b"".join(encode(_relocate(w, entry)) for w in words))
+
+    def host_op():
+        kind = rnd.choice(["mm", "store", "store_sp", "sync", "load", "status", "setp", "requant"])
+        if kind == "mm":
+            add(random_matmul(g, rnd))
+        elif kind == "store":
+            add(Instruction(Opcode.STORE, addr0=rnd.randrange(g.acc_depth - 4), count0=rnd.randint(0, 2),
+                            flags=rnd.choice([0, Flags.BIAS, Flags.REQUANT | Flags.BIAS]),
+                            mult=rnd.randrange(1 << 16), shift=rnd.randrange(30)))
+        elif kind == "store_sp":
+            add(Instruction(Opcode.STORE_SP, addr0=rnd.randrange(g.sp_depth - 4), count0=rnd.randint(0, 2)))
+        elif kind == "sync":
+            add(Instruction(Opcode.SYNC, tag=rnd.randrange(256)))
+        elif kind == "load":
+            add(Instruction(Opcode.LOAD_ACC if rnd.random() < 0.5 else Opcode.LOAD_SP,
+                            addr0=rnd.randrange(8, 16), count0=rnd.randint(0, 2)))
+        elif kind == "status":
+            add(Instruction(Opcode.STATUS))
+        else:
+            add(*[(i, None) for i in random_body(g, rnd, 1)][0])
+
+    def run():
+        prompt = rnd.randint(1, 4)
+        generate = rnd.randint(0, g.tokens - prompt)
+        add(Instruction(Opcode.RUN, addr0=entry, count0=prompt, count1=generate))
+
+    for r in range(runs):
+        for _ in range(rnd.randint(1, 4)):
+            host_op()
+        run()
+    if fault == "host":
+        add(rnd.choice([Instruction(Opcode.EMIT), Instruction(Opcode.RUN, count0=0, count1=3),
+                        Instruction(Opcode.LOAD_SP, addr0=g.sp_depth - 1, count0=2),
+                        Instruction(Opcode.STORE, addr0=g.acc_depth, count0=1),
+                        Instruction(Opcode.VEC, tag=VecOp.GELU),
+                        Instruction(Opcode.MATMUL, count0=g.rows + 1, count1=g.rows + 1)]))
+    if fault:
+        for _ in range(3):
+            host_op()
+        run()
+        add(Instruction(Opcode.SYNC, tag=0x11))
+        add(Instruction(Opcode.STATUS))
+        add(Instruction(Opcode.RESET))
+        host_op()
+        run()
+    add(Instruction(Opcode.STORE_SP, addr0=0, count0=8))
+    add(Instruction(Opcode.SYNC, tag=0xA5))
+    return steps
+
+
+def _relocate(word, entry):
+    """Branch targets of a program written from word 0, loaded at ``entry``."""
+    if word.opcode == Opcode.BRANCH:
+        return Instruction(Opcode.BRANCH, tag=word.tag, addr0=word.addr0 + entry)
+    return word
+
+
+def check_v1_stream(g, steps, run):
+    """Reply (the ISA interpreter's, to the byte) and cycles (the model's) of a stream on the
+    RTL; ``run(stream, reply_bytes) -> (reply, cycles)``."""
+    from firmware.functional import FunctionalBackend
+    stream = b"".join(encode(i) + p for i, p in steps)
+    n_reply = sum(reply_bytes(g, i) for i, _ in steps)
+    expected, _ = FunctionalBackend(g).run(stream, n_reply)
+    reply, cycles = run(stream, n_reply)
+    assert reply == expected
+    assert cycle_report(steps, g).total_cycles == cycles
+    assert cycle_report(stream, g).total_cycles == cycles
+    return reply
+
+
+@pytest.mark.parametrize("rows,cols,dataflow,seed,fault", [
+    (2, 2, "ws", 1, None), (3, 2, "os", 2, None), (2, 3, "ws", 3, "program"), (2, 2, "os", 4, "host"),
+])
+def test_programs_match_interpreter_and_cycle_model(rows, cols, dataflow, seed, fault):
+    g = v1_geometry(rows, cols, dataflow)
+    steps = random_v1_stream(g, seed, fault=fault)
+    reply = check_v1_stream(g, steps, lambda s, n: run_stream(Accelerator(g), s, n))
+    if fault != "program":       # a bad program word fails every RUN of it, after a RESET too
+        assert reply[-1] == 0xA5
+    assert (cycle_report(steps, g).error != 0) == (fault == "program")
+
+
+def test_run_cycles_is_a_run_on_the_host_stream():
+    g = v1_geometry(2, 2, "ws")
+    rnd = random.Random(5)
+    words = random_model_program(g, rnd)
+    stream_steps = [(Instruction(Opcode.LOAD_PROG, addr0=0, count0=len(words)),
+                     b"".join(encode(w) for w in words)),
+                    (Instruction(Opcode.RUN, addr0=0, count0=3, count1=4), bytes(6))]
+    whole = cycle_report(stream_steps, g).total_cycles
+    load = cycle_report(stream_steps[:1], g).total_cycles
+    assert run_cycles(words, 0, 3, 4, g) == whole - load
+
+
+def test_link_seconds_counts_frames_bytes_and_turnarounds():
+    link = link_seconds(600, 300, baud=1_000_000, turnaround_s=1e-3)
+    assert link.frames == 3 + 2
+    assert link.to_board_bytes == 600 + 5 * 5 and link.to_host_bytes == 300 + 6 * 5
+    assert link.seconds == pytest.approx((625 + 330) * 10e-6 + 5e-3)
+    assert link_seconds(0, 0).seconds == 0
