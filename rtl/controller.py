@@ -50,8 +50,12 @@ class Controller(wiring.Component):
     ``Accelerator`` top adds them to the design.
     """
 
-    def __init__(self, geometry: Geometry, *, scratchpad, accumulator, array, requantizer):
+    def __init__(self, geometry: Geometry, *, scratchpad, accumulator, array, requantizer,
+                 vector=None):
+        if bool(geometry.units) != (vector is not None):
+            raise ValueError("a vector unit is needed exactly when geometry.units names units")
         self.geometry = geometry
+        self.vector = vector
         self.scratchpad = scratchpad
         self.accumulator = accumulator
         self.array = array
@@ -78,6 +82,9 @@ class Controller(wiring.Component):
         engine_idle = Signal()
         m.d.comb += engine_idle.eq((slot_state == EMPTY) & ~streaming & (drain == 0))
 
+        sp_r1_en = Signal()
+        sp_r1_addr = Signal(16)
+
         # One register stage between the scratchpad read and the array input.
         a_valid = Signal()
         a_first = Signal()
@@ -96,8 +103,8 @@ class Controller(wiring.Component):
             w_write = Signal()
             w_row = Signal(range(rows))
             m.d.comb += [
-                sp.r1_addr.eq(slot.addr1 + load_row),
-                sp.r1_en.eq(slot_state == LOADING),
+                sp_r1_addr.eq(slot.addr1 + load_row),
+                sp_r1_en.eq(slot_state == LOADING),
                 arr.w_load.eq(w_write),
                 arr.w_row.eq(w_row),
             ]
@@ -141,7 +148,7 @@ class Controller(wiring.Component):
             start = (slot_state == PENDING) & (~streaming | last_beat) & gap_ok
             with m.If(start):
                 m.d.sync += slot_state.eq(EMPTY)
-            m.d.comb += [sp.r1_en.eq(streaming), sp.r1_addr.eq(cur.addr1 + beat)]
+            m.d.comb += [sp_r1_en.eq(streaming), sp_r1_addr.eq(cur.addr1 + beat)]
             m.d.sync += [
                 a_first.eq(beat == 0),
                 a_last.eq(last_beat),
@@ -286,29 +293,53 @@ class Controller(wiring.Component):
             m.d.sync += raw_row.eq(Cat(raw_row[aw:], rq.out_raw))
             m.d.sync += q_row.eq(Cat(q_row[iw:], rq.out_q))
 
+        # The memory ports: the engine's and the front end's, or the vector unit's while it
+        # is busy (it runs only when both others are idle).
+        vu = self.vector
+        vec_busy = Signal()
+        vec_start = Signal()
         fe_acc_read = Signal()
         fe_acc_addr = Signal(16)
-        m.d.comb += [
-            acc.r0_en.eq(fe_acc_read | out_ok),
-            acc.r0_addr.eq(Mux(fe_acc_read, fe_acc_addr, out_addr)),
-            acc.w_en.eq(wb[1].valid | acc_write),
-            acc.w_addr.eq(Mux(acc_write, load_addr, wb[1].addr)),
-            acc.w_data.eq(Mux(acc_write, loaded(g.acc_row_bytes), wb_data)),
-        ]
         fe_sp_read = Signal()
+        ports = {
+            "acc_r_en": fe_acc_read | out_ok,
+            "acc_r_addr": Mux(fe_acc_read, fe_acc_addr, out_addr),
+            "acc_w_en": wb[1].valid | acc_write,
+            "acc_w_addr": Mux(acc_write, load_addr, wb[1].addr),
+            "acc_w_data": Mux(acc_write, loaded(g.acc_row_bytes), wb_data),
+            "sp_r0_en": fe_sp_read | engine_read_a,
+            "sp_r0_addr": Mux(fe_sp_read, instr.addr0 + row, cur.addr0 + beat),
+            "sp_r1_en": sp_r1_en,
+            "sp_r1_addr": sp_r1_addr,
+            "sp_w_en": sp_write | requant_write,
+            "sp_w_addr": Mux(requant_write, instr.addr1 + row, load_addr),
+            "sp_w_data": Mux(requant_write, q_row, loaded(g.sp_row_bytes)),
+        }
+        tok_port = {"en": tok_write, "addr": load_addr, "data": loaded(2)}
+        if vu is not None:
+            m.d.comb += [vec_busy.eq(vu.busy), vu.start.eq(vec_start), vu.instr.eq(instr),
+                         vu.pos.eq(pos), vu.tok.eq(tok_here),
+                         vu.sp_r0_data.eq(sp.r0_data), vu.sp_r1_data.eq(sp.r1_data),
+                         vu.acc_r_data.eq(acc.r0_data)]
+            m.d.comb += [vu.params[i].eq(params[i]) for i in range(NUM_PARAMS)]
+            ports = {name: Mux(vec_busy, getattr(vu, name), value) for name, value in ports.items()}
+            tok_port = {"en": tok_write | vu.tok_we, "addr": Mux(vu.tok_we, pos + 1, load_addr),
+                        "data": Mux(vu.tok_we, vu.tok_wdata, loaded(2))}
         m.d.comb += [
-            sp.r0_en.eq(fe_sp_read | engine_read_a),
-            sp.r0_addr.eq(Mux(fe_sp_read, instr.addr0 + row, cur.addr0 + beat)),
-            sp.w_en.eq(sp_write | requant_write),
-            sp.w_addr.eq(Mux(requant_write, instr.addr1 + row, load_addr)),
-            sp.w_data.eq(Mux(requant_write, q_row, loaded(g.sp_row_bytes))),
+            acc.r0_en.eq(ports["acc_r_en"]), acc.r0_addr.eq(ports["acc_r_addr"]),
+            acc.w_en.eq(ports["acc_w_en"]), acc.w_addr.eq(ports["acc_w_addr"]),
+            acc.w_data.eq(ports["acc_w_data"]),
+            sp.r0_en.eq(ports["sp_r0_en"]), sp.r0_addr.eq(ports["sp_r0_addr"]),
+            sp.r1_en.eq(ports["sp_r1_en"]), sp.r1_addr.eq(ports["sp_r1_addr"]),
+            sp.w_en.eq(ports["sp_w_en"]), sp.w_addr.eq(ports["sp_w_addr"]),
+            sp.w_data.eq(ports["sp_w_data"]),
         ]
         if prog_w is not None:
             m.d.comb += [prog_w.en.eq(prog_write), prog_w.addr.eq(load_addr),
                          prog_w.data.eq(loaded(INSTRUCTION_BYTES))]
         if tok_w is not None:
-            m.d.comb += [tok_w.en.eq(tok_write), tok_w.addr.eq(load_addr),
-                         tok_w.data.eq(loaded(2))]
+            m.d.comb += [tok_w.en.eq(tok_port["en"]), tok_w.addr.eq(tok_port["addr"]),
+                         tok_w.data.eq(tok_port["data"])]
         m.d.sync += [sp_write.eq(0), acc_write.eq(0), prog_write.eq(0), tok_write.eq(0)]
 
         # The error an instruction raises (rtl/isa.py: instruction_error, footprint).
@@ -332,7 +363,7 @@ class Controller(wiring.Component):
                     Mux(op == Opcode.RUN, instr.count1 * 2, 0))))
         run_pad = (generate - emitted) * 2     # what a RUN still owes when it stops
 
-        m.d.comb += self.busy.eq(~engine_idle | in_prog)
+        m.d.comb += self.busy.eq(~engine_idle | in_prog | vec_busy)
 
         def fetch_next():
             with m.If(in_prog):
@@ -440,6 +471,7 @@ class Controller(wiring.Component):
                             m.d.sync += [drop_left.eq(0), pad_left.eq(run_pad), in_prog.eq(0)]
                             m.next = "DROP"
                         with m.Case(Opcode.VEC):
+                            m.d.comb += vec_start.eq(1)
                             m.next = "VEC"
                         with m.Default():
                             fetch_next()
@@ -545,8 +577,9 @@ class Controller(wiring.Component):
                     with m.If(self.o.ready):
                         m.d.sync += pad_left.eq(pad_left - 1)
             with m.State("VEC"):
-                # The vector unit lands in a later commit; until then a VEC does nothing.
-                fetch_next()
+                # busy is high from the cycle after start for vector_op_cycles cycles.
+                with m.If(~vec_busy):
+                    fetch_next()
         return m
 
     def _error(self, m, instr, in_prog, pos, tok):

@@ -13,6 +13,7 @@ from .array import SystolicArray
 from .memory import BankedMemory
 from .requant import Requantizer
 from .controller import Controller, host_ports
+from .vector import VectorUnit
 
 __all__ = ["Accelerator"]
 
@@ -45,9 +46,12 @@ class Accelerator(wiring.Component):
             acc_width=g.acc_width, tag_width=33, multiplier=self.multiplier)
         m.submodules.requantizer = requantizer = Requantizer(
             input_width=g.input_width, acc_width=g.acc_width)
+        vector = None
+        if g.units:
+            m.submodules.vector = vector = VectorUnit(g)
         m.submodules.controller = controller = Controller(
             g, scratchpad=scratchpad, accumulator=accumulator, array=array,
-            requantizer=requantizer)
+            requantizer=requantizer, vector=vector)
         wiring.connect(m, wiring.flipped(self.i), controller.i)
         wiring.connect(m, controller.o, wiring.flipped(self.o))
         m.d.comb += self.busy.eq(controller.busy)
