@@ -1,0 +1,133 @@
+"""Controller v1 through the Accelerator's byte streams (Amaranth simulator): program memory,
+RUN and its registers, LOAD_ACC, STATUS/RESET and every error of rtl/isa.py.
+
+Each reply is checked against explicit bytes and the ISA interpreter, each cycle count
+against the cycle model. Random streams over every instruction are in
+tests/firmware/test_cycles.py (Amaranth) and tests/firmware/test_sim.py (Verilator).
+"""
+
+import random
+
+from firmware.cycles import cycle_report
+from firmware.functional import FunctionalBackend
+from firmware.program import reply_bytes
+from rtl.isa import Geometry, Instruction, Opcode, Flags, Branch, VecOp, ErrorCode, encode
+from rtl.top import Accelerator
+from tests.rtl.streams import run_stream
+
+G = Geometry(rows=2, cols=2, scratchpad_kib=0.25, accumulator_kib=0.25, banks=2,
+             program_kib=0.25, tokens=8)
+HOST = b"\xff\xff"
+
+
+def run(g, steps, raw=b""):
+    """Run ``steps`` (then ``raw`` bytes) on the RTL; the reply, after checking it against the
+    interpreter and its cycles against the model."""
+    stream = b"".join(encode(i) + p for i, p in steps) + raw
+    n_reply = sum(reply_bytes(g, i) for i, _ in steps)
+    reply, cycles = run_stream(Accelerator(g), stream, n_reply)
+    expected, _ = FunctionalBackend(g).run(stream, n_reply)
+    assert reply == expected
+    assert cycles == cycle_report(stream, g).total_cycles
+    return reply
+
+
+def load_prog(words, addr0=0):
+    return (Instruction(Opcode.LOAD_PROG, addr0=addr0, count0=len(words)),
+            b"".join(encode(w) for w in words))
+
+
+def tokens(*ids):
+    return b"".join(i.to_bytes(2, "little") for i in ids)
+
+
+def test_load_acc_then_store_raw_rows():
+    rnd = random.Random(1)
+    rows = bytes(rnd.randrange(256) for _ in range(3 * G.acc_row_bytes))
+    reply = run(G, [(Instruction(Opcode.LOAD_ACC, addr0=5, count0=3), rows),
+                    (Instruction(Opcode.STORE, addr0=5, count0=3), b"")])
+    assert reply == rows
+
+
+def test_run_emits_tokens_pads_and_serves_a_second_run():
+    """EMIT sends TOK[POS+1] while fewer than N are sent; HALT pads to 2N; POS runs to
+    last = max(P-1, P+N-2) by LOOP; PROMPT skips while the next token is a prompt token."""
+    echo = [Instruction(Opcode.EMIT), Instruction(Opcode.BRANCH, tag=Branch.LOOP, addr0=3),
+            Instruction(Opcode.HALT)]
+    gated = [Instruction(Opcode.BRANCH, tag=Branch.PROMPT, addr0=8), Instruction(Opcode.EMIT),
+             Instruction(Opcode.BRANCH, tag=Branch.LOOP, addr0=6), Instruction(Opcode.HALT)]
+    always = [Instruction(Opcode.BRANCH, tag=Branch.ALWAYS, addr0=12), Instruction(Opcode.STORE),
+              Instruction(Opcode.HALT)]
+    reply = run(G, [
+        load_prog(echo, 3), load_prog(gated, 6), load_prog(always, 10),
+        (Instruction(Opcode.RUN, addr0=3, count0=3, count1=2), tokens(7, 300, 9)),
+        (Instruction(Opcode.RUN, addr0=3, count0=2, count1=1), tokens(1, 2)),
+        (Instruction(Opcode.RUN, addr0=6, count0=4, count1=3), tokens(5, 6, 7, 8)),
+        (Instruction(Opcode.RUN, addr0=10, count0=1, count1=2), tokens(4)),
+        (Instruction(Opcode.STATUS), b""),
+    ])
+    # echo: positions 0..3, the first two EMITs send TOK[1], TOK[2]
+    assert reply[:4] == tokens(300, 9)
+    assert reply[4:6] == tokens(2)
+    # gated: the PROMPT branch skips EMIT at positions 0..2; at 3..5 it sends TOK[4..6],
+    # which nothing wrote (no ARGMAX here), so zeros
+    assert reply[6:12] == tokens(0, 0, 0)
+    assert reply[12:16] == b"\xff" * 4       # ALWAYS jumped over the STORE to HALT
+    assert reply[16:] == bytes(4)
+
+
+def test_status_names_each_error_and_reset_recovers():
+    g = Geometry(rows=2, cols=2, scratchpad_kib=0.25, accumulator_kib=0.25, banks=1,
+                 program_kib=0.25, tokens=8)
+    words = g.program_words
+    cases = [
+        # (steps, raw bytes, expected STATUS)
+        ([], bytes([0x1F]) + bytes(15), bytes([ErrorCode.ILLEGAL_OPCODE, 0x1F]) + HOST),
+        ([(Instruction(Opcode.HALT), b"")], b"", bytes([ErrorCode.ILLEGAL_OPCODE, Opcode.HALT.value]) + HOST),
+        ([(Instruction(Opcode.SETP, tag=8), b"")], b"", bytes([ErrorCode.ILLEGAL_OPCODE, 14]) + HOST),
+        ([(Instruction(Opcode.VEC, tag=VecOp.GELU), b"")], b"", bytes([ErrorCode.NO_UNIT, 13]) + HOST),
+        ([(Instruction(Opcode.LOAD_SP, addr0=g.sp_depth - 1, count0=2), bytes(2 * g.sp_row_bytes))],
+         b"", bytes([ErrorCode.OUT_OF_RANGE, 1]) + HOST),
+        ([(Instruction(Opcode.STORE, addr0=g.acc_depth, count0=1), b"")], b"",
+         bytes([ErrorCode.OUT_OF_RANGE, 4]) + HOST),
+        ([(Instruction(Opcode.LOAD_PROG, addr0=words - 1, count0=2), bytes(32))], b"",
+         bytes([ErrorCode.OUT_OF_RANGE, 9]) + HOST),
+        ([(Instruction(Opcode.MATMUL, count0=1, count1=3), b"")], b"",
+         bytes([ErrorCode.DATAFLOW_LIMIT, 3]) + HOST),
+        ([(Instruction(Opcode.RUN, count0=0, count1=2), b"")], b"", bytes([ErrorCode.BAD_RUN, 10]) + HOST),
+        ([(Instruction(Opcode.RUN, count0=5, count1=4), bytes(10))], b"",
+         bytes([ErrorCode.BAD_RUN, 10]) + HOST),
+        ([load_prog([Instruction(Opcode.NOP), Instruction(Opcode.SYNC)], 4),
+          (Instruction(Opcode.RUN, addr0=4, count0=1, count1=3), bytes(2))], b"",
+         bytes([ErrorCode.ILLEGAL_OPCODE, 7, 5, 0])),
+        ([load_prog([Instruction(Opcode.BRANCH, tag=Branch.ALWAYS, addr0=words)], 2),
+          (Instruction(Opcode.RUN, addr0=2, count0=1, count1=1), bytes(2))], b"",
+         bytes([ErrorCode.OUT_OF_RANGE, 15, 2, 0])),
+        ([load_prog([Instruction(Opcode.NOP)], words - 1),
+          (Instruction(Opcode.RUN, addr0=words - 1, count0=1, count1=1), bytes(2))], b"",
+         bytes([ErrorCode.OUT_OF_RANGE, 0xFF]) + words.to_bytes(2, "little")),
+    ]
+    rows = bytes(range(2 * g.sp_row_bytes))
+    after = [(Instruction(Opcode.SYNC, tag=9), b""),
+             (Instruction(Opcode.LOAD_SP, addr0=0, count0=2), rows),
+             (Instruction(Opcode.STORE_SP, addr0=0, count0=2), b""),
+             (Instruction(Opcode.RUN, addr0=0, count0=1, count1=2), bytes(2))]
+    tail = [(Instruction(Opcode.STATUS), b""), (Instruction(Opcode.RESET), b""),
+            (Instruction(Opcode.STATUS), b"")]
+    for steps, raw, status in cases:
+        # A reserved opcode is raw bytes; everything else goes through encode.
+        pre = b"".join(encode(i) + p for i, p in steps) + raw
+        n_pre = sum(reply_bytes(g, i) for i, _ in steps)
+        post = after + tail + after
+        stream = pre + b"".join(encode(i) + p for i, p in post)
+        n_reply = n_pre + sum(reply_bytes(g, i) for i, _ in post)
+        reply, cycles = run_stream(Accelerator(g), stream, n_reply)
+        expected, _ = FunctionalBackend(g).run(stream, n_reply)
+        assert reply == expected, status
+        assert cycles == cycle_report(stream, g).total_cycles, status
+        assert set(reply[:n_pre]) <= {0xFF}, status
+        skipped = 1 + 2 * g.sp_row_bytes + 4
+        body = reply[n_pre:]
+        assert body[:skipped] == b"\xff" * skipped, status
+        assert body[skipped:skipped + 8] == status + bytes(4)
+        assert body[skipped + 8:skipped + 9 + len(rows)] == b"\x09" + rows
