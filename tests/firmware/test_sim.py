@@ -4,6 +4,8 @@ Bigger matrices go through the fastest installed backend here; tests/cocotb keep
 Icarus runs small.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from firmware.compiler import compile_matmul
 from firmware.cycles import cycle_report
 from firmware.runtime import scale_to_mult_shift
 from tests import golden
+from tests.firmware.test_cycles import random_v1_stream, check_v1_stream
 
 
 def backend_or_skip(name, config):
@@ -87,3 +90,21 @@ def test_missing_tool_is_one_line(monkeypatch):
     monkeypatch.setattr(sim.shutil, "which", lambda name: None)
     with pytest.raises(sim.SimToolMissing, match="needs iverilog and vvp on PATH; .*apt-get install iverilog"):
         sim.make_backend("icarus", load_config("tests/configs/test_2x2_ws.toml"))
+
+
+def with_accelerator(path, **fields):
+    """The config at ``path`` with some [accelerator] fields changed."""
+    config = load_config(path)
+    return dataclasses.replace(config, accelerator=dataclasses.replace(config.accelerator, **fields))
+
+
+@pytest.mark.parametrize("path", ["tests/configs/test_2x2_ws.toml", "tests/configs/test_4x4_os.toml"])
+def test_random_v1_programs_match_interpreter_and_cycle_model(path):
+    """Random streams over every ISA v1 instruction (programs, RUNs, errors, RESET) on the
+    fastest backend: replies as the ISA interpreter's, cycles as the model's."""
+    config = with_accelerator(path, program_kib=0.5, tokens=12)
+    g = config.accelerator.geometry
+    backend = backend_or_skip(sim.default_backend(), config)
+    for seed in range(12):
+        fault = [None, None, "host", "program"][seed % 4]
+        check_v1_stream(g, random_v1_stream(g, 100 + seed, runs=3, fault=fault), backend.run)
