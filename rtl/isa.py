@@ -479,7 +479,7 @@ def vector_op_cycles(instruction: Instruction, geometry: Geometry, pos: int = 0)
                 + row_pass(1, written, "softmax_out"))
     if op == VecOp.LAYERNORM:
         return (setup + row_pass(1, rows, "layernorm_sum") + divide("mean")
-                + row_pass(1, rows, "layernorm_var") + divide("var") + 1 + VEC_SQRT_STEPS
+                + row_pass(1, rows, "layernorm_var") + divide("var") + VEC_SQRT_STEPS
                 + divide("inv") + row_pass(3, rows, "layernorm_out"))
     if op == VecOp.ARGMAX:
         return setup + row_pass(1, rows, "argmax") + 1

@@ -4,23 +4,79 @@ The controller starts the unit with a one-cycle ``start`` pulse when the matmul
 engine is idle and nothing else runs, and hands it the scratchpad and
 accumulator ports for as long as ``busy`` is high. Bounds and unit presence are
 the controller's checks: the unit assumes a legal instruction whose unit is
-present.
+present (a VecOp whose unit is absent only takes one busy cycle).
 
 Timing: ``busy`` is high from the cycle after ``start`` for exactly
 ``rtl.isa.vector_op_cycles(instr, geometry, pos)`` cycles (at least one), and
 low otherwise. Every memory write and the ``tok_we`` pulse happen in a cycle in
 which ``busy`` is high, so the instruction after it sees all its effects.
+
+How it works
+------------
+Most operations are **row passes** over vectors in the vector layout. For each
+row the unit reads its operand rows (the accumulator has one read port, so
+two or three accumulator vectors take one cycle each; the rows read first are
+latched into row buffers, the last one is used straight from the port, whose
+data holds while its ``en`` is low), then streams the row through a lane
+pipeline, ``vector_lanes`` elements a cycle, ``cols / vector_lanes`` cycles a
+row. The next row is read while the previous one is still in the pipeline;
+results are shifted into a row register and written whole when the row's last
+lanes leave the pipeline. Reductions (max, sums, argmax) add the lanes up in a
+tree and accumulate. SOFTMAX is three passes (max; sum of i-exp; output) with
+a division between; LAYERNORM three passes (sum; sum of squares; output) with
+three divisions and a square root between. The serial divider and square
+root take one cycle a result bit. EMBED and PUT_COL are one element a cycle
+(each element lives in its own scratchpad row), COPY_ACC and COPY_SP one row
+a cycle. Pass depths and the counts of serial steps are ``rtl.isa.VEC_*``.
+
+``vector_lanes`` replicates the lane pipeline: REQ, ADD, MUL, GELU, SOFTMAX,
+LAYERNORM and ARGMAX take ``vector_lanes`` elements a cycle; EMBED, PUT_COL
+and the copies do not depend on it.
+
+Multipliers per lane: one requantizer (the x * M of rq8/rq32: two 16x16
+pieces) shared by REQ, ADD, MUL, GELU, SOFTMAX and LAYERNORM; MUL's a * b;
+GELU's square and q * (y + ONE); SOFTMAX's i-exp square and e * f; LAYERNORM's
+v * v / v * inv (one multiplier for both passes) and z * G; EMBED's two
+table products (once, not per lane).
 """
 
+import functools
 import operator
 
 from amaranth import *
 from amaranth.lib import wiring, data
 from amaranth.lib.wiring import In, Out
 
-from .isa import Geometry, INSTRUCTION, NUM_PARAMS
+from .intmath import IExp, const_mul
+from .isa import (Geometry, INSTRUCTION, NUM_PARAMS, VecOp, Flags, Param, VEC_DRAIN,
+                  VEC_DIV_STEPS, VEC_SQRT_STEPS, VEC_ADDR_SETUP_CYCLES)
 
 __all__ = ["VectorUnit"]
+
+# Row-pass kinds and the unit each belongs to.
+PASS_UNIT = {
+    "req": "elementwise", "add": "elementwise", "mul": "elementwise", "gelu": "gelu",
+    "softmax_max": "softmax", "softmax_sum": "softmax", "softmax_out": "softmax",
+    "layernorm_sum": "layernorm", "layernorm_var": "layernorm", "layernorm_out": "layernorm",
+    "argmax": "argmax",
+}
+assert set(PASS_UNIT) == set(VEC_DRAIN)
+SP_WRITERS = ("req", "mul", "gelu", "softmax_out", "layernorm_out")
+
+RQ_STAGES = 4         # requantizer: partial products, sum and round, shift, saturate
+RQ_PRODUCT_BITS = 48  # x (int32) * M (uint16) fits signed 48 bits
+
+
+def _sat(value, bits):
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return Mux(value < lo, lo, Mux(value > hi, hi, value))
+
+
+def _tree(items, combine):
+    while len(items) > 1:
+        items = [combine(items[i], items[i + 1]) if i + 1 < len(items) else items[i]
+                 for i in range(0, len(items), 2)]
+    return items[0]
 
 
 class VectorUnit(wiring.Component):
@@ -85,9 +141,603 @@ class VectorUnit(wiring.Component):
         })
 
     def elaborate(self, platform):
-        # Skeleton: the interface is final; the datapath follows.
         m = Module()
-        busy = Signal()
-        m.d.sync += busy.eq(self.start)
-        m.d.comb += self.busy.eq(busy)
+        g = self.geometry
+        cols, L = g.cols, self.lanes
+        S = cols // L                       # lane cycles a row
+        units = set(g.units)
+        ins = self.instr
+        n16 = ins.count0
+        perchan = (ins.flags & Flags.PERCHAN) != 0
+        mult = ins.mult
+        P = self.params
+
+        kinds = [k for k in VEC_DRAIN if PASS_UNIT[k] in units]
+        kind_id = {k: i for i, k in enumerate(kinds)}
+        kind = Signal(range(max(len(kinds), 1) + 1))
+
+        def is_kind(*names):
+            hits = [kind == kind_id[k] for k in names if k in kind_id]
+            return functools.reduce(operator.or_, hits) if hits else C(0, 1)
+
+        def has(*names):
+            return any(k in kind_id for k in names)
+
+        depth = max((VEC_DRAIN[k] for k in kinds), default=1)
+
+        # ------------------------------------------------------------ registers
+        n_valid = Signal(18)       # elements (SOFTMAX: count0 + POS)
+        rlimit = Signal(18)        # a pass covers the rows below this element
+        mlimit = Signal(18)        # elements at or past this are masked
+        row = Signal(16)           # row of the pass
+        eidx = Signal(18)          # element index of the lane cycle's first lane
+        rd = Signal(2)             # operand read of the row
+        step = Signal(range(S)) if S > 1 else C(0, 1)
+        drain = Signal(range(depth + 1))
+        nrows = Signal(16)         # rows of the LAYERNORM vector (for beta's address)
+        shift_c = Signal(range(RQ_PRODUCT_BITS + 1))
+        half = Signal(RQ_PRODUCT_BITS)
+        ei = Signal(18)            # EMBED/PUT_COL/COPY element (row) counter
+
+
+        # Operand reads and row buffers.
+        buf1 = Signal(cols * 32)
+        buf2 = Signal(cols * 32)
+        latch = Signal(2)          # 1: buf1, 2: buf2 take the accumulator port's data
+        m.d.sync += latch.eq(0)
+        with m.If(latch == 1):
+            m.d.sync += buf1.eq(self.acc_r_data)
+        with m.If(latch == 2):
+            m.d.sync += buf2.eq(self.acc_r_data)
+
+        def lanes_of(value, width):
+            """The L lanes of ``width`` bits that the lane cycle ``step`` takes."""
+            value = value[:cols * width]
+            group = value.word_select(step, L * width) if S > 1 else value
+            return [group[l * width:(l + 1) * width].as_signed() for l in range(L)]
+
+        acc_lane = lanes_of(self.acc_r_data, 32)
+        buf1_lane = lanes_of(buf1, 32)
+        buf2_lane = lanes_of(buf2, 32)
+        sp0_lane = lanes_of(self.sp_r0_data, 8)
+        sp1_lane = lanes_of(self.sp_r1_data, 8)
+
+        # Tags travel with the lanes: stage k is the lane cycle's value k cycles later.
+        lane_cycle = Signal()
+        tag_valid = [lane_cycle] + [Signal(name=f"tag_valid{k}") for k in range(1, depth + 1)]
+        tag_last = [Signal(name=f"tag_last_in") ] + [Signal(name=f"tag_last{k}") for k in range(1, depth + 1)]
+        tag_addr = [Signal(16, name="tag_addr_in")] + [Signal(16, name=f"tag_addr{k}") for k in range(1, depth + 1)]
+        tag_mask = [Signal(L, name="tag_mask_in")] + [Signal(L, name=f"tag_mask{k}") for k in range(1, depth + 1)]
+        flush = Signal()           # a new pass: lanes left from the last one are dropped
+        for k in range(1, depth + 1):
+            m.d.sync += [tag_valid[k].eq(tag_valid[k - 1] & ~flush), tag_last[k].eq(tag_last[k - 1]),
+                         tag_addr[k].eq(tag_addr[k - 1]), tag_mask[k].eq(tag_mask[k - 1])]
+        m.d.comb += tag_last[0].eq(step == S - 1)
+        m.d.comb += [tag_mask[0][l].eq(eidx + l < mlimit) for l in range(L)]
+        wbase = Mux(is_kind("add"), ins.addr0, ins.addr2)
+        m.d.comb += tag_addr[0].eq(wbase + row)
+        eidx1 = Signal(18)
+        m.d.sync += eidx1.eq(eidx)
+
+        tap_valid, tap_last = Signal(), Signal()
+        tap_addr, tap_mask = Signal(16), Signal(L)
+        with m.Switch(kind):
+            for k in kinds:
+                with m.Case(kind_id[k]):
+                    d = VEC_DRAIN[k]
+                    m.d.comb += [tap_valid.eq(tag_valid[d]), tap_last.eq(tag_last[d]),
+                                 tap_addr.eq(tag_addr[d]), tap_mask.eq(tag_mask[d])]
+
+        def delay(value, stages, name):
+            """[value, value 1 cycle later, ...]: registers for stages 1..stages."""
+            out = [value]
+            for k in range(1, stages + 1):
+                reg = Signal.like(value, name=f"{name}{k}")
+                m.d.sync += reg.eq(out[-1])
+                out.append(reg)
+            return out
+
+        # Parameters computed once per instruction, and the reductions.
+        mean = Signal(signed(33))
+        inv = Signal(33)
+        f = Signal(20)
+        mx = Signal(signed(32))
+        sum_e = Signal(41)
+        sum_x = Signal(signed(50))
+        sum_v = Signal(48)
+        best_val = Signal(signed(32))
+        best_idx = Signal(18)
+        best_any = Signal()
+        ln_sh = ins.count1[:5]
+
+        # --------------------------------------------------------- lane pipelines
+        out8 = []       # per lane: the int8 result at the tap of an sp-writing pass
+        out32 = []      # per lane: ADD's int32 result (stage 6)
+        red_max, red_sum_e, red_sum_x, red_sum_v, red_arg = [], [], [], [], []
+        need_rq = has("req", "add", "mul", "gelu", "softmax_max", "layernorm_out")
+        for l in range(L):
+            def s(name, shape):
+                return Signal(shape, name=f"{name}_l{l}")
+
+            a1 = s("a1", signed(32))
+            m.d.sync += a1.eq(acc_lane[l])
+            lane_out8 = s("out8", signed(8))
+            m.d.comb += lane_out8.eq(0)
+            rq_in = s("rq_in", signed(32))
+            rq_m = s("rq_m", 16)
+            m.d.comb += [rq_in.eq(a1), rq_m.eq(mult)]
+
+            if has("req", "add"):
+                rqx1, rqm1 = s("rqx1", signed(32)), s("rqm1", 16)
+                m.d.sync += [
+                    rqx1.eq(Mux(is_kind("add"), buf1_lane[l], acc_lane[l])),
+                    rqm1.eq(Mux(perchan, Mux(is_kind("add"), buf2_lane[l], buf1_lane[l])[:16], mult)),
+                ]
+                with m.If(is_kind("req", "add")):
+                    m.d.comb += [rq_in.eq(rqx1), rq_m.eq(rqm1)]
+            if has("mul"):
+                qa1, qb1, p2 = s("qa1", signed(8)), s("qb1", signed(8)), s("p2", signed(16))
+                m.d.sync += [qa1.eq(sp0_lane[l]), qb1.eq(sp1_lane[l]), p2.eq(qa1 * qb1)]
+                with m.If(is_kind("mul")):
+                    m.d.comb += rq_in.eq(p2)
+            if has("gelu"):
+                B, Cc, ONE = P[Param.GELU_B], P[Param.GELU_C], P[Param.GELU_ONE]
+                q = delay(sp0_lane[l], 7, f"gelu_q_l{l}_")   # q[k]: stage k
+                v2 = s("gelu_v2", signed(34))               # |q| + B; a + B = min(v, 0)
+                m.d.sync += v2.eq(Mux(q[1] < 0, -q[1], q[1]) + B)
+                au3, big3 = s("gelu_au3", 16), s("gelu_big3", 1)   # |a + B|, clamped at 2**16
+                neg = -v2
+                m.d.sync += [au3.eq(Mux(v2 < 0, neg[:16], 0)), big3.eq((v2 < 0) & (neg[16:] != 0))]
+                sq4, big4 = s("gelu_sq4", 32), s("gelu_big4", 1)
+                m.d.sync += [sq4.eq(au3 * au3), big4.eq(big3)]
+                # C - (a + B)**2; past 2**32 the square saturates y whatever C is.
+                w = Mux(big4, -(1 << 33), Cc - sq4)
+                y5 = s("gelu_y5", signed(32))
+                m.d.sync += y5.eq(_sat(Mux(q[4] > 0, w, Mux(q[4] < 0, -w, 0)), 32))
+                t6 = s("gelu_t6", signed(33))
+                m.d.sync += t6.eq(y5 + ONE)
+                g7 = s("gelu_g7", signed(41))
+                m.d.sync += g7.eq(q[6] * t6)
+                g8 = s("gelu_g8", signed(32))
+                m.d.sync += g8.eq(_sat(g7, 32))
+                with m.If(is_kind("gelu")):
+                    m.d.comb += rq_in.eq(g8)
+            if has("layernorm_out"):
+                G = delay(buf1_lane[l], 4, f"ln_g_l{l}_")
+                Bt = delay(buf2_lane[l], 5, f"ln_b_l{l}_")
+                diff2 = s("ln_diff2", signed(34))
+                m.d.sync += diff2.eq(a1 - mean)
+                v3 = s("ln_v3", signed(16))
+                m.d.sync += v3.eq(_sat(diff2 >> ln_sh, 16))
+                mp4 = s("ln_mp4", signed(50))
+                m.d.sync += mp4.eq(v3 * Mux(is_kind("layernorm_var"), v3, inv.as_signed()))
+                red_sum_v.append(Mux(tag_mask[4][l], mp4, 0))
+                pg5 = s("ln_pg5", signed(64))
+                m.d.sync += pg5.eq(mp4[16:48].as_signed() * G[4])
+                w6 = s("ln_w6", signed(32))
+                m.d.sync += w6.eq(_sat(pg5 + Bt[5], 32))
+                with m.If(is_kind("layernorm_out")):
+                    m.d.comb += rq_in.eq(w6)
+            if has("layernorm_sum"):
+                red_sum_x.append(Mux(tag_mask[1][l], a1, 0))
+
+            if need_rq:
+                # Requantizer: x * M in 16-bit pieces, + half, >> shift, saturate.
+                plo, phi = s("rq_plo", 32), s("rq_phi", signed(33))
+                m.d.sync += [plo.eq(rq_in[:16] * rq_m), phi.eq(rq_in[16:32].as_signed() * rq_m)]
+                rsum = s("rq_sum", signed(RQ_PRODUCT_BITS + 1))
+                m.d.sync += rsum.eq(plo + (phi << 16) + half)
+                scaled = s("rq_scaled", signed(RQ_PRODUCT_BITS + 1))
+                m.d.sync += scaled.eq(rsum >> shift_c)
+                rq8, rq32 = s("rq8", signed(8)), s("rq32", signed(32))
+                m.d.sync += [rq8.eq(_sat(scaled, 8)), rq32.eq(_sat(scaled, 32))]
+                m.d.comb += lane_out8.eq(rq8)
+
+            if has("add"):
+                x5 = delay(a1, 4, f"add_x_l{l}_")[-1]
+                add6 = s("add6", signed(32))
+                m.d.sync += add6.eq(_sat(x5 + rq32, 32))
+                out32.append(add6)
+            if has("softmax_max"):
+                red_max.append((tag_mask[5][l], rq32))
+                t6 = s("sm_t6", 16)          # t = -d = min(max - x, 32768)
+                dm = s("sm_dm", signed(34))
+                m.d.comb += dm.eq(mx - rq32)
+                m.d.sync += t6.eq(Mux(dm > 32768, 32768, dm))
+                m.submodules[f"iexp{l}"] = iexp = IExp()
+                m.d.comb += iexp.t.eq(t6)
+                assert 6 + IExp.LATENCY == 10
+                e10 = iexp.e
+                red_sum_e.append(Mux(tag_mask[10][l], e10, 0))
+                p11 = s("sm_p11", 42)
+                m.d.sync += p11.eq(e10 * f)
+                o12 = s("sm_o12", 8)
+                rounded = (p11 + (1 << 32)) >> 33
+                m.d.sync += o12.eq(Mux(rounded > 127, 127, rounded))
+                with m.If(is_kind("softmax_out")):
+                    m.d.comb += lane_out8.eq(o12)
+            if has("argmax"):
+                red_arg.append((tag_mask[1][l], a1, eidx1 + l))
+            out8.append(lane_out8)
+
+        # ----------------------------------------------------------- reductions
+        if red_max:
+            def max2(a, b):
+                va, xa = a
+                vb, xb = b
+                return (va | vb, Mux(va & (~vb | (xa >= xb)), xa, xb))
+            any_valid, lane_max = _tree(red_max, max2)
+            with m.If(tap_valid & is_kind("softmax_max") & any_valid & (lane_max > mx)):
+                m.d.sync += mx.eq(lane_max)
+            with m.If(tap_valid & is_kind("softmax_sum")):
+                m.d.sync += sum_e.eq(sum_e + _tree(red_sum_e, operator.add))
+        if red_sum_x:
+            with m.If(tap_valid & is_kind("layernorm_sum")):
+                m.d.sync += sum_x.eq(sum_x + _tree(red_sum_x, operator.add))
+            with m.If(tap_valid & is_kind("layernorm_var")):
+                m.d.sync += sum_v.eq(sum_v + _tree(red_sum_v, operator.add))
+        if red_arg:
+            def arg2(a, b):  # a holds the lower indices: it wins ties
+                va, xa, ia = a
+                vb, xb, ib = b
+                take_a = va & (~vb | (xa >= xb))
+                return (va | vb, Mux(take_a, xa, xb), Mux(take_a, ia, ib))
+            any_valid, lane_best, lane_idx = _tree(red_arg, arg2)
+            with m.If(tap_valid & is_kind("argmax") & any_valid
+                      & (~best_any | (lane_best > best_val))):
+                m.d.sync += [best_any.eq(1), best_val.eq(lane_best), best_idx.eq(lane_idx)]
+
+        # -------------------------------------------------------------- writers
+        sp_pad = g.sp_width - cols * 8
+        res_sp = Signal(cols * 8)
+        res_acc = Signal(cols * 32)
+        if has(*SP_WRITERS):
+            new8 = Cat(*[Mux(tap_mask[l], out8[l], 0)[:8] for l in range(L)])
+            row8 = Cat(res_sp[L * 8:], new8)
+            with m.If(tap_valid & is_kind(*SP_WRITERS)):
+                m.d.sync += res_sp.eq(row8)
+                with m.If(tap_last):
+                    m.d.comb += [self.sp_w_en.eq(1), self.sp_w_addr.eq(tap_addr),
+                                 self.sp_w_data.eq(Cat(row8, C(0, sp_pad)))]
+        if has("add"):
+            new32 = Cat(*[Mux(tap_mask[l], out32[l], 0)[:32] for l in range(L)])
+            row32 = Cat(res_acc[L * 32:], new32)
+            with m.If(tap_valid & is_kind("add")):
+                m.d.sync += res_acc.eq(row32)
+                with m.If(tap_last):
+                    m.d.comb += [self.acc_w_en.eq(1), self.acc_w_addr.eq(tap_addr),
+                                 self.acc_w_data.eq(row32)]
+
+        # ---------------------------------------------------- serial arithmetic
+        # Restoring division, one quotient bit a cycle; the quotient is known to
+        # be below 2**steps, so the remainder starts as num >> steps.
+        div_sel = Signal(2)
+        DIV_SOFTMAX, DIV_MEAN, DIV_VAR, DIV_INV = range(4)
+        d_rem = Signal(42)
+        d_den = Signal(41)
+        d_bits = Signal(32)
+        d_q = Signal(32)
+        d_cnt = Signal(6)
+        d_neg = Signal()
+        std = Signal(16)
+        var = Signal(32)
+        sq_op, sq_res, sq_one = Signal(32), Signal(32), Signal(32)
+        sq_cnt = Signal(5)
+
+        # EMBED/PUT_COL addresses: TOK[POS] and POS over cols, times n.
+        t_bits, p_bits = Signal(16), Signal(16)
+        t_rem, p_rem = Signal(8), Signal(8)
+        t_q, p_q = Signal(16), Signal(16)
+        t_off, p_off = Signal(16), Signal(16)
+        n_sh = Signal(16)
+        a_cnt = Signal(range(VEC_ADDR_SETUP_CYCLES))
+        e_lane = Signal(range(cols))
+        e_row = Signal(16)
+        dst = Signal(16)
+
+        def acc_reads(reads, last_read, latch):
+            """Read ``rd`` of ``reads`` ([(address, buffer)]) on the accumulator port;
+            the last one is held on the port, the others go to buf1 or buf2."""
+            with m.Switch(rd):
+                for j, (addr, buf) in enumerate(reads):
+                    with m.Case(j):
+                        m.d.comb += [self.acc_r_en.eq(1), self.acc_r_addr.eq(addr)]
+                        if buf:
+                            m.d.sync += latch.eq(buf)
+                        if j == len(reads) - 1:
+                            m.d.comb += last_read.eq(1)
+
+        def enter_pass(name, limit, masklimit):
+            if name not in kind_id:
+                m.next = "IDLE"
+                return
+            m.d.comb += flush.eq(1)
+            m.d.sync += [kind.eq(kind_id[name]), row.eq(0), eidx.eq(0), rd.eq(0),
+                         rlimit.eq(limit), mlimit.eq(masklimit)]
+            if S > 1:
+                m.d.sync += step.eq(0)
+            with m.If(limit == 0):
+                m.d.sync += drain.eq(VEC_DRAIN[name] - 1)
+                m.next = "DRAIN"
+            with m.Else():
+                m.next = "READ"
+
+        def enter_div(sel):
+            m.d.sync += div_sel.eq(sel)
+            m.next = "DIV_LOAD"
+
+        lane_mux8 = lambda value, lane: value[:cols * 8].word_select(lane, 8).as_signed() \
+            if cols > 1 else value[:8].as_signed()
+        if "embed" in units:
+            e1 = Signal(data.StructLayout({"valid": 1, "last": 1, "lane": range(cols), "row": 16}))
+            e2 = Signal.like(e1)
+            e3 = Signal.like(e1)
+            a2, b2 = Signal(signed(8)), Signal(signed(8))
+            pa3, pb3 = Signal(signed(25)), Signal(signed(25))
+            m.d.sync += [e1.valid.eq(0), e2.eq(e1), e3.eq(e2),
+                         a2.eq(lane_mux8(self.sp_r0_data, t_rem)),
+                         b2.eq(lane_mux8(self.sp_r1_data, p_rem)),
+                         pa3.eq(a2 * mult), pb3.eq(b2 * ins.count1)]
+            x3 = Signal(signed(32))    # |x| < 2**24: sat32 never bites
+            m.d.comb += x3.eq(pa3 + pb3)
+            with m.If(e3.valid):
+                lanes = []
+                for j in range(cols):
+                    old = res_acc[j * 32:(j + 1) * 32]
+                    lanes.append(Mux(e3.lane == j, x3.as_unsigned(), Mux(j < e3.lane, old, 0))[:32])
+                new_row = Cat(*lanes)
+                m.d.sync += res_acc.eq(new_row)
+                with m.If(e3.last):
+                    m.d.comb += [self.acc_w_en.eq(1), self.acc_w_addr.eq(ins.addr2 + e3.row),
+                                 self.acc_w_data.eq(new_row)]
+        if "elementwise" in units:
+            pv = Signal()
+            p_lane = Signal(range(cols))
+            p_addr = Signal(16)
+            m.d.sync += pv.eq(0)
+            with m.If(pv):
+                src = lane_mux8(self.sp_r0_data, p_lane)
+                old = self.sp_r1_data
+                new = Cat(*[Mux(p_rem == j, src.as_unsigned(), old[j * 8:(j + 1) * 8])[:8]
+                            for j in range(cols)],
+                          old[cols * 8:])
+                m.d.comb += [self.sp_w_en.eq(1), self.sp_w_addr.eq(p_addr), self.sp_w_data.eq(new)]
+            # ------------------------------------ COPY_ACC, COPY_SP: a row a cycle
+            cv = Signal()
+            c_addr = Signal(16)
+            m.d.sync += cv.eq(0)
+            with m.If(cv):
+                with m.If(ins.tag == VecOp.COPY_SP):
+                    m.d.comb += [self.sp_w_en.eq(1), self.sp_w_addr.eq(c_addr),
+                                 self.sp_w_data.eq(self.sp_r0_data)]
+                with m.Else():
+                    m.d.comb += [self.acc_w_en.eq(1), self.acc_w_addr.eq(c_addr),
+                                 self.acc_w_data.eq(self.acc_r_data)]
+
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.next = "SETUP"
+            with m.State("SETUP"):
+                use_pos = (ins.tag == VecOp.SOFTMAX) & ((ins.flags & Flags.POS) != 0)
+                nv = Signal(18)
+                m.d.comb += nv.eq(n16 + Mux(use_pos, self.pos, 0))
+                clamped = Mux(ins.shift > RQ_PRODUCT_BITS, RQ_PRODUCT_BITS, ins.shift)
+                m.d.sync += [n_valid.eq(nv), shift_c.eq(clamped),
+                             half.eq(Mux(clamped == 0, 0, (C(1, 1) << clamped) >> 1)),
+                             mx.eq(-(1 << 31)), sum_e.eq(0), sum_x.eq(0), sum_v.eq(0),
+                             best_any.eq(0), best_idx.eq(0),
+                             t_bits.eq(self.tok), p_bits.eq(self.pos), t_rem.eq(0), p_rem.eq(0),
+                             t_off.eq(0), p_off.eq(0), n_sh.eq(n16), a_cnt.eq(0), ei.eq(0),
+                             e_lane.eq(0), e_row.eq(0),
+                             dst.eq(Mux(ins.tag == VecOp.COPY_SP,
+                                        ins.addr1 + Mux((ins.flags & Flags.POS) != 0, self.pos, 0),
+                                        ins.addr2))]
+                with m.Switch(ins.tag):
+                    for op, name in ((VecOp.REQ, "req"), (VecOp.ADD, "add"), (VecOp.MUL, "mul"),
+                                     (VecOp.GELU, "gelu"), (VecOp.SOFTMAX, "softmax_max"),
+                                     (VecOp.LAYERNORM, "layernorm_sum"),
+                                     (VecOp.ARGMAX, "argmax")):
+                        with m.Case(op):
+                            enter_pass(name, nv, nv)
+                    with m.Case(VecOp.EMBED, VecOp.PUT_COL):
+                        m.next = "ADDR" if "embed" in units or "elementwise" in units else "IDLE"
+                    with m.Case(VecOp.COPY_ACC, VecOp.COPY_SP):
+                        m.next = "COPY" if "elementwise" in units else "IDLE"
+                    with m.Default():
+                        m.next = "IDLE"
+
+            # -------------------------------------------------------- row passes
+            with m.State("READ"):
+                last_read = Signal()
+                with m.Switch(kind):
+                    for k in kinds:
+                        with m.Case(kind_id[k]):
+                            if k == "req":
+                                with m.If(perchan):
+                                    acc_reads([(ins.addr1 + row, 1), (ins.addr0 + row, 0)], last_read, latch)
+                                with m.Else():
+                                    acc_reads([(ins.addr0 + row, 0)], last_read, latch)
+                            elif k == "add":
+                                with m.If(perchan):
+                                    acc_reads([(ins.addr1 + row, 1), (ins.addr2 + row, 2),
+                                                            (ins.addr0 + row, 0)], last_read, latch)
+                                with m.Else():
+                                    acc_reads([(ins.addr1 + row, 1), (ins.addr0 + row, 0)],
+                                                    last_read, latch)
+                            elif k == "layernorm_out":
+                                acc_reads([(ins.addr1 + row, 1), (ins.addr1 + nrows + row, 2),
+                                                        (ins.addr0 + row, 0)], last_read, latch)
+                            elif k == "mul":
+                                m.d.comb += [self.sp_r0_en.eq(1), self.sp_r0_addr.eq(ins.addr0 + row),
+                                             self.sp_r1_en.eq(1), self.sp_r1_addr.eq(ins.addr1 + row),
+                                             last_read.eq(1)]
+                            elif k == "gelu":
+                                m.d.comb += [self.sp_r0_en.eq(1), self.sp_r0_addr.eq(ins.addr0 + row),
+                                             last_read.eq(1)]
+                            else:   # one accumulator vector at addr0
+                                m.d.comb += [self.acc_r_en.eq(eidx < n_valid),
+                                             self.acc_r_addr.eq(ins.addr0 + row), last_read.eq(1)]
+                with m.If(last_read):
+                    m.next = "LANE"
+                with m.Else():
+                    m.d.sync += rd.eq(rd + 1)
+            with m.State("LANE"):
+                m.d.comb += lane_cycle.eq(1)
+                m.d.sync += eidx.eq(eidx + L)
+                if S > 1:
+                    m.d.sync += step.eq(step + 1)
+                with m.If(step == S - 1):
+                    m.d.sync += [row.eq(row + 1), rd.eq(0)]
+                    if S > 1:
+                        m.d.sync += step.eq(0)
+                    with m.If(eidx + L < rlimit):
+                        m.next = "READ"
+                    with m.Else():
+                        with m.Switch(kind):
+                            for k in kinds:
+                                with m.Case(kind_id[k]):
+                                    m.d.sync += drain.eq(VEC_DRAIN[k] - 1)
+                        m.next = "DRAIN"
+            with m.State("DRAIN"):
+                m.d.sync += drain.eq(drain - 1)
+                with m.If(drain == 0):
+                    with m.Switch(kind):
+                        for k in kinds:
+                            with m.Case(kind_id[k]):
+                                if k == "softmax_max":
+                                    enter_pass("softmax_sum", n_valid, n_valid)
+                                elif k == "softmax_sum":
+                                    enter_div(DIV_SOFTMAX)
+                                elif k == "layernorm_sum":
+                                    m.d.sync += nrows.eq(row)
+                                    enter_div(DIV_MEAN)
+                                elif k == "layernorm_var":
+                                    enter_div(DIV_VAR)
+                                elif k == "argmax":
+                                    m.next = "TOKW"
+                                else:
+                                    m.next = "IDLE"
+
+            # ---------------------------------------------------- serial phases
+            with m.State("DIV_LOAD"):
+                steps_of = {DIV_SOFTMAX: VEC_DIV_STEPS["softmax"], DIV_MEAN: VEC_DIV_STEPS["mean"],
+                            DIV_VAR: VEC_DIV_STEPS["var"], DIV_INV: VEC_DIV_STEPS["inv"]}
+                with m.Switch(div_sel):
+                    with m.Case(DIV_SOFTMAX):
+                        q = steps_of[DIV_SOFTMAX]
+                        m.d.sync += [d_rem.eq((1 << 40) >> q), d_bits.eq(0), d_den.eq(sum_e)]
+                    with m.Case(DIV_MEAN):
+                        q = steps_of[DIV_MEAN]
+                        neg = sum_x < 0
+                        num = Mux(neg, -sum_x + n16 - 1, sum_x)[:50]
+                        m.d.sync += [d_rem.eq(num >> q), d_bits.eq(num[:q] << (32 - q)),
+                                     d_den.eq(n16), d_neg.eq(neg)]
+                    with m.Case(DIV_VAR):
+                        q = steps_of[DIV_VAR]
+                        m.d.sync += [d_rem.eq(sum_v >> q), d_bits.eq(sum_v[:q] << (32 - q)),
+                                     d_den.eq(n16)]
+                    with m.Case(DIV_INV):
+                        q = steps_of[DIV_INV]
+                        m.d.sync += [d_rem.eq((1 << 31) >> q), d_bits.eq(((1 << 31) & ((1 << q) - 1)) << (32 - q)),
+                                     d_den.eq(std)]
+                m.d.sync += [d_cnt.eq(Array([C(steps_of[i] - 1, 6) for i in range(4)])[div_sel]),
+                             d_q.eq(0)]
+                m.next = "DIV"
+            with m.State("DIV"):
+                rem2 = Cat(d_bits[31], d_rem)
+                ge = rem2 >= d_den
+                q_next = Cat(ge, d_q[:31])
+                m.d.sync += [d_rem.eq(Mux(ge, rem2 - d_den, rem2)), d_q.eq(q_next),
+                             d_bits.eq(d_bits << 1), d_cnt.eq(d_cnt - 1)]
+                with m.If(d_cnt == 0):
+                    with m.Switch(div_sel):
+                        with m.Case(DIV_SOFTMAX):
+                            m.d.sync += f.eq(q_next[:VEC_DIV_STEPS["softmax"]])
+                            enter_pass("softmax_out", Mux(n_valid > ins.count1, n_valid, ins.count1),
+                                       n_valid)
+                        with m.Case(DIV_MEAN):
+                            m.d.sync += mean.eq(Mux(d_neg, -q_next, q_next))
+                            enter_pass("layernorm_var", n_valid, n_valid)
+                        with m.Case(DIV_VAR):
+                            m.d.sync += [sq_op.eq(q_next), sq_res.eq(0), sq_one.eq(1 << 30),
+                                         sq_cnt.eq(VEC_SQRT_STEPS - 1)]
+                            m.next = "SQRT"
+                        with m.Case(DIV_INV):
+                            m.d.sync += inv.eq(q_next)
+                            enter_pass("layernorm_out", n_valid, n_valid)
+            with m.State("SQRT"):
+                # Digit by digit: res ends as floor(sqrt(var)); one bit a cycle.
+                trial = sq_res + sq_one
+                take = sq_op >= trial
+                res_next = Mux(take, (sq_res >> 1) + sq_one, sq_res >> 1)
+                m.d.sync += [sq_op.eq(Mux(take, sq_op - trial, sq_op)), sq_res.eq(res_next),
+                             sq_one.eq(sq_one >> 2), sq_cnt.eq(sq_cnt - 1)]
+                with m.If(sq_cnt == 0):
+                    m.d.sync += std.eq(Mux(res_next == 0, 1, res_next))
+                    enter_div(DIV_INV)
+            with m.State("TOKW"):
+                m.d.comb += [self.tok_we.eq(1), self.tok_wdata.eq(best_idx)]
+                m.next = "IDLE"
+
+            # ---------------------------------- EMBED, PUT_COL: one element a cycle
+            with m.State("ADDR"):
+                m.d.sync += a_cnt.eq(a_cnt + 1)
+                half_cycles = VEC_ADDR_SETUP_CYCLES // 2
+                with m.If(a_cnt < half_cycles):
+                    for bits, rem, quo in ((t_bits, t_rem, t_q), (p_bits, p_rem, p_q)):
+                        r2 = Cat(bits[15], rem)
+                        ge = r2 >= cols
+                        m.d.sync += [rem.eq(Mux(ge, r2 - cols, r2)), quo.eq(Cat(ge, quo[:15])),
+                                     bits.eq(bits << 1)]
+                with m.Else():
+                    for quo, off in ((t_q, t_off), (p_q, p_off)):
+                        m.d.sync += [off.eq(off + Mux(quo[0], n_sh, 0)), quo.eq(quo >> 1)]
+                    m.d.sync += n_sh.eq(n_sh << 1)
+                with m.If(a_cnt == VEC_ADDR_SETUP_CYCLES - 1):
+                    m.next = "EMBED" if "embed" in units else "IDLE"
+                    if "elementwise" in units:
+                        with m.If(ins.tag == VecOp.PUT_COL):
+                            m.next = "PUT"
+            if "embed" in units:
+                with m.State("EMBED"):
+                    m.d.sync += ei.eq(ei + 1)
+                    with m.If(ei < n16):
+                        m.d.comb += [self.sp_r0_en.eq(1), self.sp_r0_addr.eq(ins.addr0 + t_off + ei),
+                                     self.sp_r1_en.eq(1), self.sp_r1_addr.eq(ins.addr1 + p_off + ei)]
+                        m.d.sync += [e1.valid.eq(1), e1.lane.eq(e_lane), e1.row.eq(e_row),
+                                     e1.last.eq((e_lane == cols - 1) | (ei == n16 - 1))]
+                        with m.If(e_lane == cols - 1):
+                            m.d.sync += [e_lane.eq(0), e_row.eq(e_row + 1)]
+                        with m.Else():
+                            m.d.sync += e_lane.eq(e_lane + 1)
+                    with m.If(ei == n16 + 2):
+                        m.next = "IDLE"
+            if "elementwise" in units:
+                with m.State("PUT"):
+                    m.d.sync += ei.eq(ei + 1)
+                    with m.If(ei < n16):
+                        m.d.comb += [self.sp_r0_en.eq(1), self.sp_r0_addr.eq(ins.addr0 + e_row),
+                                     self.sp_r1_en.eq(1), self.sp_r1_addr.eq(ins.addr1 + p_off + ei)]
+                        m.d.sync += [pv.eq(1), p_lane.eq(e_lane), p_addr.eq(ins.addr1 + p_off + ei)]
+                        with m.If(e_lane == cols - 1):
+                            m.d.sync += [e_lane.eq(0), e_row.eq(e_row + 1)]
+                        with m.Else():
+                            m.d.sync += e_lane.eq(e_lane + 1)
+                    with m.If(ei == n16):
+                        m.next = "IDLE"
+
+                with m.State("COPY"):
+                    m.d.sync += ei.eq(ei + 1)
+                    with m.If(ei < n16):
+                        with m.If(ins.tag == VecOp.COPY_SP):
+                            m.d.comb += [self.sp_r0_en.eq(1), self.sp_r0_addr.eq(ins.addr0 + ei)]
+                            m.d.sync += dst.eq(dst + ins.count1)
+                        with m.Else():
+                            m.d.comb += [self.acc_r_en.eq(1), self.acc_r_addr.eq(ins.addr0 + ei)]
+                            m.d.sync += dst.eq(dst + 1)
+                        m.d.sync += [cv.eq(1), c_addr.eq(dst)]
+                    with m.If(ei == n16):
+                        m.next = "IDLE"
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
         return m
