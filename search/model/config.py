@@ -56,8 +56,16 @@ class TrainConfig:
     sandwich : BigNAS sandwich rule: each step trains the largest, the smallest
         and ``random_subnets`` random subnets; false trains the largest only.
     random_subnets : random subnets per step with the sandwich rule.
-    distill : in-place distillation: subnets other than the largest learn the
-        largest's (detached) predictions instead of the labels.
+    variant_sampling : how the sandwich picks FFN variants. ``"balanced"``
+        (default): step s's largest and smallest take variant
+        ``ffn_variants[s % len(ffn_variants)]`` in every layer, and each layer
+        of a random subnet deals its variant from a shuffled deck of all
+        variants, so every variant of every layer gets about as many updates.
+        ``"by_macs"``: the largest is always the variant with the most MACs
+        (GLU) and the smallest the one with the fewest (none), random layers
+        draw uniformly (BigNAS as first built; it favours GLU).
+    distill : in-place distillation: subnets other than the step's largest
+        learn the largest's (detached) predictions instead of the labels.
     eval_interval : steps between validation evaluations (0 = only at the end).
     eval_tokens : validation tokens per evaluation (0 = the whole split).
     log_interval : steps between progress lines.
@@ -78,6 +86,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     sandwich: bool = True
     random_subnets: int = 2
+    variant_sampling: str = "balanced"
     distill: bool = False
     eval_interval: int = 250
     eval_tokens: int = 32768
@@ -102,6 +111,8 @@ class TrainConfig:
                              f"min_lr={self.min_lr!r}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("weight_decay and grad_clip must be 0 or more")
+        if self.variant_sampling not in ("balanced", "by_macs"):
+            raise ValueError(f"variant_sampling must be balanced or by_macs, not {self.variant_sampling!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
         if not self.out:
@@ -117,12 +128,15 @@ class StudyConfig:
         ``glu:F`` is GLU with hidden width F (``glu:2/3`` = 2/3 of ffn_dim,
         the parameter-matched GLU); ``lowrank:R`` is rank R; ``lowrank:30%``
         picks the rank that cuts the model's non-embedding parameters by ~30%.
+    seeds : training seeds; every variant is trained once per seed and the
+        table gives mean ± std over them (empty = ``[train] seed`` only).
     """
     d_model: int = 192
     layers: int = 4
     heads: int = 4
     ffn_dim: int = 768
     variants: tuple = ("standard", "none", "lowrank:30%", "lowrank:32", "shared", "glu", "glu:2/3")
+    seeds: tuple = ()
 
     def __post_init__(self):
         for name in ("d_model", "layers", "heads", "ffn_dim"):
@@ -130,6 +144,8 @@ class StudyConfig:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)!r}")
         if not self.variants:
             raise ValueError("variants needs at least one entry")
+        if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise ValueError(f"seeds must be distinct and 0 or more, not {list(self.seeds)!r}")
         for v in self.variants:
             kind, _, arg = v.partition(":")
             if kind not in FFN_VARIANTS or (arg and kind not in ("glu", "lowrank")):
@@ -204,7 +220,7 @@ def _build(section, cls, table, kinds):
 
 def _kinds(cls):
     hints = typing.get_type_hints(cls)
-    return {k: ("strs" if k == "variants" else hints[k]) for k in hints}
+    return {k: {"variants": "strs", "seeds": "ints"}.get(k, hints[k]) for k in hints}
 
 
 def parse_run_config(document: dict, *, name="config", source=None, need_study=False) -> RunConfig:

@@ -199,15 +199,31 @@ def random_batch(tokens: torch.Tensor, batch_size: int, seq_len: int, generator:
     return windows[:, :-1], windows[:, 1:]
 
 
-def eval_windows(tokens: torch.Tensor, seq_len: int, max_tokens: int | None = None):
-    """Non-overlapping (inputs, targets) windows covering the first ``max_tokens``
-    predicted tokens of ``tokens`` (all of them when None). Shape (N, seq_len)."""
+def eval_windows(tokens: torch.Tensor, seq_len: int, max_tokens: int | None = None, *,
+                 sample: str = "stratified", seed: int = 0):
+    """Non-overlapping (inputs, targets) windows, shape (N, seq_len), of ``tokens``.
+
+    max_tokens : predictions to score, rounded down to whole windows (all of
+        the split when None, or when the split has no more).
+    sample : how windows are placed when ``max_tokens`` covers less than the split.
+        ``"stratified"`` (default): the split is cut into N equal strata and one
+        window is drawn from each at a position fixed by ``seed``, so every part
+        of the split (every work of a corpus) is represented in proportion.
+        ``"prefix"``: the first N windows.
+    """
     usable = len(tokens) - 1
-    if max_tokens is not None:
-        usable = min(usable, max_tokens)
-    n = usable // seq_len
+    full = usable // seq_len
+    n = full if max_tokens is None else min(full, max_tokens // seq_len)
     if n < 1:
         raise CorpusError(f"the split has {len(tokens)} tokens, fewer than one window of {seq_len + 1}")
-    x = tokens[:n * seq_len].view(n, seq_len)
-    y = tokens[1:n * seq_len + 1].view(n, seq_len)
-    return x, y
+    if sample not in ("stratified", "prefix"):
+        raise ValueError(f"sample must be 'stratified' or 'prefix', not {sample!r}")
+    if sample == "prefix" or n == full:
+        starts = torch.arange(n) * seq_len
+    else:
+        width = usable // n  # >= seq_len since n <= usable // seq_len
+        gen = torch.Generator().manual_seed(seed)
+        starts = torch.arange(n) * width + torch.randint(0, width - seq_len + 1, (n,), generator=gen)
+    offsets = torch.arange(seq_len)
+    idx = starts[:, None] + offsets
+    return tokens[idx], tokens[idx + 1]

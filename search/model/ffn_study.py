@@ -1,8 +1,9 @@
 """``python -m search.model.ffn_study [--config configs/model_ffn_study.toml] [--out DIR]``
 
 The FFN study: the same baseline shape trained once per FFN variant, with the
-same seed, batches, steps and learning-rate schedule, then scored on the same
-validation tokens. Writes ``table.md``, ``table.json`` and ``ffn_study.png``
+same seeds, batches, steps and learning-rate schedule, then scored on the same
+validation tokens; with several ``[study] seeds`` every variant is trained
+once per seed and the table gives mean ± std. Writes ``table.md``, ``table.json`` and ``ffn_study.png``
 (perplexity against parameters) into the output directory, one training
 directory per variant beside them (each resumable: rerunning the command
 skips finished variants and resumes an interrupted one), and
@@ -20,6 +21,7 @@ from dataclasses import replace
 import json
 import math
 import pathlib
+import statistics
 import sys
 import time
 
@@ -73,9 +75,18 @@ def _slug(variant):
     return variant.replace(":", "_").replace("/", "-").replace("%", "pct")
 
 
-def run_study(run: RunConfig, out, *, corpus=None, quiet=False, fresh=False) -> list[dict]:
-    """Train and score every variant of ``run.study``; returns the table rows.
+def study_seeds(run: RunConfig) -> tuple:
+    """The training seeds of the study: ``[study] seeds``, else ``[train] seed``."""
+    return run.study.seeds or (run.train.seed,)
 
+
+def run_study(run: RunConfig, out, *, corpus=None, quiet=False, fresh=False) -> list[dict]:
+    """Train and score every variant of ``run.study`` once per seed; returns the table rows.
+
+    Each row holds the mean (``valid_ppl``), the sample standard deviation
+    (``valid_ppl_std``, 0 with one seed) and the per-seed figures
+    (``valid_ppl_seeds``); ``delta_ppl`` and ``delta_ppl_std`` are over the
+    per-seed differences from ``standard`` (paired: same seed, same batches).
     fresh : retrain every variant even where a finished or partial run exists.
     """
     out = pathlib.Path(out)
@@ -83,36 +94,48 @@ def run_study(run: RunConfig, out, *, corpus=None, quiet=False, fresh=False) -> 
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     corpus = corpus or load_corpus(run.train.corpus, run.train.corpus_path or None)
     space = replace(run.space, vocab_size=corpus.tokenizer.vocab_size)
+    seeds = study_seeds(run)
     manifest = {"config_name": run.name, "config_source": run.source, "config": run.to_dict(),
-                "git_commit": git_commit(), "versions": versions(),
+                "git_commit": git_commit(), "versions": versions(), "seeds": list(seeds),
                 "corpus": {"name": corpus.name, "sha256": corpus.sha256,
                            "vocab_size": corpus.tokenizer.vocab_size,
                            "unigram_valid_ppl": corpus.unigram_perplexity()}}
     _atomic_write(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    runs = {}  # (variant, seed) -> training results
+    total = len(seeds) * len(run.study.variants)
+    for j, seed in enumerate(seeds):
+        for i, variant in enumerate(run.study.variants):
+            cfg = variant_subnet(run.study, space, variant)
+            # One seed keeps the layout of a single-seed study: out/<variant>.
+            where = out / _slug(variant) if len(seeds) == 1 else out / f"seed{seed}" / _slug(variant)
+            vrun = replace(run, space=replace(_space_of(cfg), vocab_size=0),
+                           train=replace(run.train, out=str(where), seed=seed, sandwich=False,
+                                         random_subnets=0))
+            say(f"[{j * len(run.study.variants) + i + 1}/{total}] seed {seed} {variant}: {cfg.short()}, "
+                f"{count_params(cfg):,} params")
+            t0 = time.perf_counter()
+            results = train_supernet(vrun, corpus=corpus, quiet=quiet, fresh=fresh)
+            results["train_s_this_run"] = time.perf_counter() - t0
+            runs[variant, seed] = results
+            say(f"    valid ppl {results['valid_ppl']['largest']:.3f} "
+                f"({results['eval_s_per_subnet']:.1f} s to score)")
     rows = []
-    for i, variant in enumerate(run.study.variants):
+    for variant in run.study.variants:
         cfg = variant_subnet(run.study, space, variant)
-        vspace = _space_of(cfg)
-        vrun = replace(run, space=replace(vspace, vocab_size=0),
-                       train=replace(run.train, out=str(out / _slug(variant)), sandwich=False,
-                                     random_subnets=0))
-        say(f"[{i + 1}/{len(run.study.variants)}] {variant}: {cfg.short()}, "
-            f"{count_params(cfg):,} params")
-        t0 = time.perf_counter()
-        results = train_supernet(vrun, corpus=corpus, quiet=quiet, fresh=fresh)
-        train_s = time.perf_counter() - t0
-        ppl, eval_s = results["valid_ppl"]["largest"], results["eval_s_per_subnet"]
+        ppls = [runs[variant, s]["valid_ppl"]["largest"] for s in seeds]
         rows.append({"variant": variant, "subnet": cfg.to_dict(), "params": count_params(cfg),
                      "non_embedding_params": _non_embedding(cfg),
                      "macs_per_token": macs_per_token(cfg, cfg.context_len, "prompt"),
-                     "valid_ppl": ppl, "bits_per_token": math.log2(ppl),
-                     "train_s_this_run": train_s, "eval_s": eval_s,
-                     "tokens_per_s": results.get("median_tokens_per_s")})
-        say(f"    valid ppl {ppl:.3f} ({eval_s:.1f} s to score)")
+                     "valid_ppl": statistics.fmean(ppls), "valid_ppl_std": _std(ppls),
+                     "valid_ppl_seeds": ppls, "bits_per_token": math.log2(statistics.fmean(ppls)),
+                     "train_s_this_run": sum(runs[variant, s]["train_s_this_run"] for s in seeds),
+                     "eval_s": statistics.fmean(runs[variant, s]["eval_s_per_subnet"] for s in seeds),
+                     "tokens_per_s": runs[variant, seeds[0]].get("median_tokens_per_s")})
     base = next((r for r in rows if r["variant"] == "standard"), None)
     for r in rows:
         if base:
-            r["delta_ppl"] = r["valid_ppl"] - base["valid_ppl"]
+            deltas = [a - b for a, b in zip(r["valid_ppl_seeds"], base["valid_ppl_seeds"])]
+            r["delta_ppl"], r["delta_ppl_std"] = statistics.fmean(deltas), _std(deltas)
             r["params_vs_standard"] = r["params"] / base["params"] - 1
             r["non_embedding_vs_standard"] = r["non_embedding_params"] / base["non_embedding_params"] - 1
             r["macs_vs_standard"] = r["macs_per_token"] / base["macs_per_token"] - 1
@@ -124,13 +147,18 @@ def run_study(run: RunConfig, out, *, corpus=None, quiet=False, fresh=False) -> 
     return rows
 
 
+def _std(xs) -> float:
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
 def format_table(rows, run: RunConfig, corpus) -> str:
     s, t = run.study, run.train
     lines = [f"Baseline: {s.layers} layers, d_model {s.d_model}, {s.heads} heads x {run.space.head_dim}, "
              f"ffn_dim {s.ffn_dim}, context {run.space.context_len}; {corpus.name} "
              f"(vocab {corpus.tokenizer.vocab_size}, unigram valid ppl {corpus.unigram_perplexity():.2f}); "
-             f"{t.steps} steps x {t.batch_size} sequences, seed {t.seed}; valid ppl on "
-             f"{t.eval_tokens or len(corpus.valid) - 1} tokens.",
+             f"{t.steps} steps x {t.batch_size} sequences, seeds {', '.join(map(str, study_seeds(run)))}; "
+             f"valid ppl on {t.eval_tokens or len(corpus.valid) - 1} tokens (stratified over the split); "
+             "mean ± std over seeds.",
              "",
              "| variant | FFN | params | non-emb. params (vs std) | MACs/token (vs std) | valid ppl | "
              "bits/char | Δppl vs standard |",
@@ -140,10 +168,10 @@ def format_table(rows, run: RunConfig, corpus) -> str:
         f = sub.ffn_dims[0]
         ffn = {"none": "—", "lowrank": f"{f}, rank {sub.lowrank_rank}"}.get(sub.ffn_variants[0], str(f))
         pct = lambda key: f" ({r[key] * 100:+.0f}%)" if key in r else ""
-        delta = f"{r['delta_ppl']:+.3f}" if "delta_ppl" in r else ""
+        delta = f"{r['delta_ppl']:+.3f} ± {r['delta_ppl_std']:.3f}" if "delta_ppl" in r else ""
         lines.append(f"| {r['variant']} | {ffn} | {r['params']:,} | {r['non_embedding_params']:,}"
                      f"{pct('non_embedding_vs_standard')} | {r['macs_per_token']:,.0f}{pct('macs_vs_standard')} | "
-                     f"{r['valid_ppl']:.3f} | {r['bits_per_token']:.3f} | {delta} |")
+                     f"{r['valid_ppl']:.3f} ± {r['valid_ppl_std']:.3f} | {r['bits_per_token']:.3f} | {delta} |")
     return "\n".join(lines)
 
 
@@ -156,7 +184,8 @@ def _plot(rows, path):
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
-        ax.scatter(r["non_embedding_params"] / 1e3, r["valid_ppl"])
+        ax.errorbar(r["non_embedding_params"] / 1e3, r["valid_ppl"], yerr=r.get("valid_ppl_std", 0),
+                    fmt="o", capsize=3)
         ax.annotate(r["variant"], (r["non_embedding_params"] / 1e3, r["valid_ppl"]),
                     textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("non-embedding parameters (thousands)")

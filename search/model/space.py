@@ -19,6 +19,8 @@ Counting conventions (the same everywhere in Tandem):
 """
 
 from dataclasses import dataclass
+import hashlib
+import json
 import random
 import typing
 
@@ -112,6 +114,12 @@ class SubnetConfig:
                 "ffn_dims": list(self.ffn_dims), "ffn_variants": list(self.ffn_variants),
                 "lowrank_rank": self.lowrank_rank}
 
+    def key(self) -> str:
+        """A canonical name of this architecture: equal configs (after
+        normalization) have equal keys; 16 hex digits of a SHA-256."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     @classmethod
     def from_dict(cls, d: dict) -> "SubnetConfig":
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
@@ -183,62 +191,80 @@ class SearchSpace:
         self.check(cfg)
         return cfg
 
-    def _extreme(self, pick) -> SubnetConfig:
+    def _extreme(self, pick, variant=None) -> SubnetConfig:
         layers = pick(self.layers)
         d, h, f = pick(self.d_model), pick(self.heads), pick(self.ffn_dim)
         rank = pick(self.lowrank_rank) if self.lowrank_rank else 0
-        costs = {v: _ffn_macs_per_token(d, f, v, rank) for v in self.ffn_variants}
-        variant = pick(self.ffn_variants, key=costs.__getitem__)
+        if variant is None:
+            costs = {v: _ffn_macs_per_token(d, f, v, rank) for v in self.ffn_variants}
+            variant = pick(self.ffn_variants, key=costs.__getitem__)
+        elif variant not in self.ffn_variants:
+            raise ValueError(f"ffn variant {variant!r} is not allowed in this space "
+                             f"({', '.join(self.ffn_variants)})")
         return self.subnet(d_model=d, heads=(h,) * layers, ffn_dims=(f,) * layers,
                            ffn_variants=(variant,) * layers,
                            lowrank_rank=rank if variant == "lowrank" else 0)
 
-    def largest(self) -> SubnetConfig:
-        """Every dimension at its largest choice; the FFN variant with the most MACs."""
-        return self._extreme(lambda xs, key=None: max(xs, key=key))
+    def largest(self, variant: str | None = None) -> SubnetConfig:
+        """Every dimension at its largest choice; in every layer ``variant``, or
+        (None) the FFN variant with the most MACs."""
+        return self._extreme(lambda xs, key=None: max(xs, key=key), variant)
 
-    def smallest(self) -> SubnetConfig:
-        """Every dimension at its smallest choice; the FFN variant with the fewest MACs."""
-        return self._extreme(lambda xs, key=None: min(xs, key=key))
+    def smallest(self, variant: str | None = None) -> SubnetConfig:
+        """Every dimension at its smallest choice; in every layer ``variant``, or
+        (None) the FFN variant with the fewest MACs."""
+        return self._extreme(lambda xs, key=None: min(xs, key=key), variant)
 
-    def sample(self, rng: random.Random) -> SubnetConfig:
-        """A subnet with every choice drawn uniformly (layers, then per-layer choices)."""
-        layers = rng.choice(self.layers)
+    def sample(self, rng: random.Random, *, layers: int | None = None,
+               ffn_variants: typing.Sequence[str] | None = None) -> SubnetConfig:
+        """A subnet with every choice drawn uniformly (layers, then per-layer choices).
+
+        layers, ffn_variants : fix the number of layers and each layer's FFN
+            variant instead of drawing them (the supernet trainer balances
+            variants this way); the other choices are still drawn.
+        """
+        if ffn_variants is not None:
+            layers = len(ffn_variants) if layers is None else layers
+            if len(ffn_variants) != layers:
+                raise ValueError(f"ffn_variants names {len(ffn_variants)} layers, not {layers}")
+        layers = rng.choice(self.layers) if layers is None else layers
         d = rng.choice(self.d_model)
         shared_dim = rng.choice(self.ffn_dim)
         rank = rng.choice(self.lowrank_rank) if "lowrank" in self.ffn_variants else 0
         heads, dims, variants = [], [], []
-        for _ in range(layers):
+        for i in range(layers):
             heads.append(rng.choice(self.heads))
             f = rng.choice(self.ffn_dim)
-            v = rng.choice(self.ffn_variants)
+            v = rng.choice(self.ffn_variants) if ffn_variants is None else ffn_variants[i]
             dims.append(shared_dim if v == "shared" else f)
             variants.append(v)
         return self.subnet(d_model=d, heads=heads, ffn_dims=dims, ffn_variants=variants,
                            lowrank_rank=rank if "lowrank" in variants else 0)
 
     def check(self, cfg: SubnetConfig) -> None:
-        """Raise ValueError naming the first choice of ``cfg`` this space cannot slice."""
+        """Raise ValueError naming the first choice of ``cfg`` that is not one of
+        this space's choices (a supernet could slice a smaller width, but it never
+        trained that slice, so its score would mean nothing)."""
         if cfg.vocab_size != self.vocab_size or cfg.context_len != self.context_len \
                 or cfg.head_dim != self.head_dim:
             raise ValueError(f"subnet has vocab_size/context_len/head_dim {cfg.vocab_size}/"
                              f"{cfg.context_len}/{cfg.head_dim}; the space has {self.vocab_size}/"
                              f"{self.context_len}/{self.head_dim}")
-        if cfg.d_model > max(self.d_model):
-            raise ValueError(f"subnet d_model {cfg.d_model} exceeds the space's {max(self.d_model)}")
-        if cfg.layers > max(self.layers):
-            raise ValueError(f"subnet has {cfg.layers} layers; the space has at most {max(self.layers)}")
-        if max(cfg.heads) > max(self.heads):
-            raise ValueError(f"subnet has {max(cfg.heads)} heads in a layer; at most {max(self.heads)}")
-        if max(cfg.ffn_dims) > max(self.ffn_dim):
-            raise ValueError(f"subnet ffn_dim {max(cfg.ffn_dims)} exceeds the space's {max(self.ffn_dim)}")
-        for v in cfg.ffn_variants:
+        def member(name, value, choices):
+            if value not in choices:
+                raise ValueError(f"subnet {name} {value} is not one of the space's choices "
+                                 f"({', '.join(map(str, choices))})")
+        member("d_model", cfg.d_model, self.d_model)
+        member("layers", cfg.layers, self.layers)
+        for i, (h, f, v) in enumerate(zip(cfg.heads, cfg.ffn_dims, cfg.ffn_variants)):
             if v not in self.ffn_variants:
                 raise ValueError(f"ffn variant {v!r} is not allowed in this space "
                                  f"({', '.join(self.ffn_variants)})")
-        if cfg.lowrank_rank > max(self.lowrank_rank, default=0):
-            raise ValueError(f"lowrank_rank {cfg.lowrank_rank} exceeds the space's "
-                             f"{max(self.lowrank_rank, default=0)}")
+            member(f"heads[{i}]", h, self.heads)
+            if v != "none":
+                member(f"ffn_dims[{i}]", f, self.ffn_dim)
+        if cfg.lowrank_rank:
+            member("lowrank_rank", cfg.lowrank_rank, self.lowrank_rank)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
@@ -257,7 +283,7 @@ class GemmShape(typing.NamedTuple):
     m : rows of the activation operand (tokens).
     k : reduction length.
     n : output columns (the weight's output features, or keys for "scores").
-    count : how many such products (heads for "scores"/"context", else 1).
+    count : how many such products (heads x sequences for "scores"/"context", else 1).
     weight : True when the right operand is a model weight (stationary in a
         weight-stationary array); False for the activation x activation
         products of attention.
@@ -299,40 +325,45 @@ def _check_mode(cfg, seq_len, mode):
 
 
 def gemm_shapes(cfg: SubnetConfig, seq_len: int, mode: str = "prompt", *,
-                lm_head: bool = True) -> list[GemmShape]:
+                lm_head: bool = True, batch: int = 1) -> list[GemmShape]:
     """The matrix products one forward pass of ``cfg`` executes, in order.
 
     seq_len : prompt length (``mode="prompt"``) or the position + 1 of the
         generated token, i.e. the number of keys it attends to (``mode="generate"``).
     lm_head : include the tied output projection to the vocabulary.
-
-    Shapes are for one sequence (batch 1); a batch of B multiplies ``m`` by B.
+    batch : sequences processed together. Products with a weight stack the
+        batch's tokens (``m`` is ``batch`` times the tokens of one sequence);
+        attention's ``scores`` and ``context`` are per sequence and per head,
+        so the batch multiplies their ``count``, not ``m``.
     """
     _check_mode(cfg, seq_len, mode)
+    _positive("batch", batch)
     tokens = seq_len if mode == "prompt" else 1
+    rows = batch * tokens
     d, hd = cfg.d_model, cfg.head_dim
     out = []
     for i, (h, f, v) in enumerate(zip(cfg.heads, cfg.ffn_dims, cfg.ffn_variants)):
         a = h * hd
-        out += [GemmShape(i, "q", tokens, d, a), GemmShape(i, "k", tokens, d, a),
-                GemmShape(i, "v", tokens, d, a),
-                GemmShape(i, "scores", tokens, hd, seq_len, h, False),
-                GemmShape(i, "context", tokens, seq_len, hd, h, False),
-                GemmShape(i, "out", tokens, a, d)]
-        out += _ffn_gemms(i, tokens, d, f, v, cfg.lowrank_rank)
+        out += [GemmShape(i, "q", rows, d, a), GemmShape(i, "k", rows, d, a),
+                GemmShape(i, "v", rows, d, a),
+                GemmShape(i, "scores", tokens, hd, seq_len, batch * h, False),
+                GemmShape(i, "context", tokens, seq_len, hd, batch * h, False),
+                GemmShape(i, "out", rows, a, d)]
+        out += _ffn_gemms(i, rows, d, f, v, cfg.lowrank_rank)
     if lm_head:
-        out.append(GemmShape(None, "lm_head", tokens, d, cfg.vocab_size))
+        out.append(GemmShape(None, "lm_head", rows, d, cfg.vocab_size))
     return out
 
 
-def count_macs(cfg: SubnetConfig, seq_len: int, mode: str = "prompt", *, lm_head: bool = True) -> int:
-    """Exact multiply-accumulates of one forward pass (batch 1).
+def count_macs(cfg: SubnetConfig, seq_len: int, mode: str = "prompt", *, lm_head: bool = True,
+               batch: int = 1) -> int:
+    """Exact multiply-accumulates of one forward pass of ``batch`` sequences.
 
     ``mode="prompt"``: all MACs to process a ``seq_len``-token prompt.
     ``mode="generate"``: MACs to produce one token that attends to ``seq_len``
     keys, with a KV cache. See :func:`macs_per_token` for per-token figures.
     """
-    return sum(g.macs for g in gemm_shapes(cfg, seq_len, mode, lm_head=lm_head))
+    return sum(g.macs for g in gemm_shapes(cfg, seq_len, mode, lm_head=lm_head, batch=batch))
 
 
 def macs_per_token(cfg: SubnetConfig, seq_len: int, mode: str = "prompt", *, lm_head: bool = True) -> float:

@@ -26,6 +26,7 @@ import pathlib
 import random
 import signal
 import sys
+import threading
 import time
 
 import torch
@@ -38,7 +39,8 @@ from .space import SearchSpace, count_params
 from .transformer import Supernet
 from gen.provenance import git_commit
 
-__all__ = ["train_supernet", "load_supernet", "resolve_device", "main", "CHECKPOINT", "MANIFEST"]
+__all__ = ["train_supernet", "load_supernet", "export_weights", "VariantDecks", "step_subnets",
+           "update_ratios", "resolve_device", "main", "CHECKPOINT", "MANIFEST"]
 
 CHECKPOINT = "checkpoint.pt"
 MANIFEST = "manifest.json"
@@ -111,6 +113,23 @@ def _config_key(cfg_dict: dict) -> dict:
     return d
 
 
+def export_weights(out_dir, dest, *, command: str = "") -> pathlib.Path:
+    """A small copy of a trained supernet for the repository: float16 weights,
+    space, tokenizer and config, no optimizer state (``load_supernet`` reads it).
+    ``dest/manifest.json`` is the run's manifest plus the command that made it."""
+    out_dir, dest = pathlib.Path(out_dir), pathlib.Path(dest)
+    ckpt = torch.load(out_dir / CHECKPOINT, map_location="cpu", weights_only=False)
+    dest.mkdir(parents=True, exist_ok=True)
+    small = {"model": {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()},
+             "step": ckpt["step"], "config": ckpt["config"], "space": ckpt["space"],
+             "tokenizer": ckpt["tokenizer"]}
+    _atomic_save(small, dest / CHECKPOINT)
+    manifest = json.loads((out_dir / MANIFEST).read_text())
+    manifest["export"] = {"from": str(out_dir), "dtype": "float16", "command": command}
+    _atomic_write(dest / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return dest / CHECKPOINT
+
+
 def load_supernet(out_dir, device="cpu"):
     """(supernet, space, tokenizer) from a training output directory's checkpoint."""
     path = pathlib.Path(out_dir) / CHECKPOINT
@@ -119,9 +138,63 @@ def load_supernet(out_dir, device="cpu"):
     ckpt = torch.load(path, map_location=device, weights_only=False)
     space = SearchSpace(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["space"].items()})
     net = Supernet(space).to(device)
-    net.load_state_dict(ckpt["model"])
+    net.load_state_dict(ckpt["model"])  # float16 exports are widened to float32 here
     net.eval()
     return net, space, CharTokenizer.from_json(ckpt["tokenizer"])
+
+
+class VariantDecks:
+    """Per-layer decks of FFN variants for the balanced sandwich.
+
+    Each layer deals a random subnet's variant from its own deck, a shuffled
+    copy of every variant, reshuffled when it runs out: over any stretch of
+    draws a layer's variants are dealt equally often, give or take one.
+    """
+
+    def __init__(self, variants, layers: int, state=None):
+        self.variants = tuple(variants)
+        self.decks = [list(d) for d in state] if state is not None else [[] for _ in range(layers)]
+
+    def deal(self, rng: random.Random, layer: int) -> str:
+        deck = self.decks[layer]
+        if not deck:
+            deck.extend(self.variants)
+            rng.shuffle(deck)
+        return deck.pop()
+
+    def state(self) -> list:
+        return [list(d) for d in self.decks]
+
+
+def step_subnets(space: SearchSpace, cfg, step: int, rng: random.Random, decks: VariantDecks) -> list:
+    """The subnets sandwich step ``step`` (0-based) trains, the teacher first.
+
+    ``variant_sampling = "balanced"``: the step's largest and smallest take
+    variant ``step % len(variants)`` in every layer (each variant's own
+    extremes, in turn), and the random subnets' layers deal their variants
+    from :class:`VariantDecks`. ``"by_macs"``: the largest and smallest by
+    MACs every step, random subnets drawn uniformly.
+    """
+    if not cfg.sandwich:
+        return [space.largest()]
+    if cfg.variant_sampling == "by_macs":
+        return [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(cfg.random_subnets)]
+    v = space.ffn_variants[step % len(space.ffn_variants)]
+    subnets = [space.largest(v), space.smallest(v)]
+    for _ in range(cfg.random_subnets):
+        layers = rng.choice(space.layers)
+        subnets.append(space.sample(rng, ffn_variants=[decks.deal(rng, i) for i in range(layers)]))
+    return subnets
+
+
+def update_ratios(updates: dict) -> list:
+    """Per layer, the most- over the least-updated variant's count (inf when one got none)."""
+    layers = len(next(iter(updates.values())))
+    ratios = []
+    for i in range(layers):
+        counts = [c[i] for c in updates.values()]
+        ratios.append(max(counts) / min(counts) if min(counts) else math.inf)
+    return ratios
 
 
 def train_supernet(run: RunConfig, *, corpus: Corpus | None = None, stop_after: int | None = None,
@@ -132,6 +205,11 @@ def train_supernet(run: RunConfig, *, corpus: Corpus | None = None, stop_after: 
     stop_after : stop (with a checkpoint) once this many steps are done in
         total, as an interruption would; rerunning resumes.
     fresh : ignore an existing checkpoint in the output directory.
+
+    SIGINT and SIGTERM (when called from the main thread) do not stop a step
+    half-way: the step under way finishes, the checkpoint of that step
+    boundary is written and ``KeyboardInterrupt`` is raised, so a rerun
+    continues bit for bit as if never stopped.
     """
     cfg = run.train
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
@@ -161,12 +239,19 @@ def train_supernet(run: RunConfig, *, corpus: Corpus | None = None, stop_after: 
     opt = _optimizer(net, cfg)
     py_rng = random.Random(cfg.seed)
     batch_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    step, history = 0, []
+    decks = VariantDecks(space.ffn_variants, max(space.layers))
+    # Steps in which (and subnet passes through which) each variant of each layer got a gradient.
+    updates = {v: [0] * max(space.layers) for v in space.ffn_variants}
+    passes = {v: [0] * max(space.layers) for v in space.ffn_variants}
+    step, history, window_steps, window_loss = 0, [], 0, 0.0
     if ckpt:
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         _set_rng_state(ckpt["rng"], py_rng, batch_gen)
+        decks = VariantDecks(space.ffn_variants, max(space.layers), ckpt["rng"]["decks"])
         step, history = ckpt["step"], ckpt["history"]
+        updates, passes = ckpt["ffn_updates"], ckpt["ffn_passes"]
+        window_steps, window_loss = ckpt["window"]
         # Records written after the checkpoint are replayed by the resumed run.
         _atomic_write(out / METRICS, "".join(json.dumps(h) + "\n" for h in history))
         say(f"resuming {out} at step {step}/{cfg.steps}")
@@ -190,10 +275,13 @@ def train_supernet(run: RunConfig, *, corpus: Corpus | None = None, stop_after: 
     _atomic_write(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
     def save():
+        rng = _rng_state(py_rng, batch_gen)
+        rng["decks"] = decks.state()
         _atomic_save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                      "rng": _rng_state(py_rng, batch_gen), "config": run.to_dict(),
-                      "space": space.to_dict(), "tokenizer": corpus.tokenizer.to_json(),
-                      "history": history}, ckpt_path)
+                      "rng": rng, "config": run.to_dict(), "space": space.to_dict(),
+                      "tokenizer": corpus.tokenizer.to_json(), "history": history,
+                      "ffn_updates": updates, "ffn_passes": passes,
+                      "window": (window_steps, window_loss)}, ckpt_path)
 
     def log(record):
         history.append(record)
@@ -218,17 +306,34 @@ def train_supernet(run: RunConfig, *, corpus: Corpus | None = None, stop_after: 
         f"unigram valid ppl {manifest['corpus']['unigram_valid_ppl']:.2f}; device {device}, "
         f"{torch.get_num_threads()} threads")
     net.train()
-    window_t, window_steps, window_loss = time.perf_counter(), 0, 0.0
+    window_t = time.perf_counter()
     stop = min(cfg.steps, stop_after) if stop_after is not None else cfg.steps
+    signalled = []
+
+    def request_stop(signum, frame):
+        signalled.append(signum)
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while step < stop:
+            if signalled:  # only here, between steps, is the state whole
+                save()
+                say(f"interrupted ({signal.Signals(signalled[0]).name}) at step {step}; checkpoint saved "
+                    f"to {ckpt_path}; rerun the same command to resume")
+                raise KeyboardInterrupt
             lr = _lr(step + 1, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr
-            subnets = [largest] + ([smallest] + [space.sample(py_rng) for _ in range(cfg.random_subnets)]
-                                   if cfg.sandwich else [])
+            subnets = step_subnets(space, cfg, step, py_rng, decks)
+            for i, v in {(i, v) for sub in subnets for i, v in enumerate(sub.ffn_variants)}:
+                updates[v][i] += 1
+            for sub in subnets:
+                for i, v in enumerate(sub.ffn_variants):
+                    passes[v][i] += 1
             opt.zero_grad(set_to_none=True)
-            teacher, losses = None, []
+            teacher, ce, kl = None, [], []
             for i, sub in enumerate(subnets):
                 if i == 0 or not cfg.distill:
                     # Without distillation each subnet gets its own batch (more text per step);
@@ -238,27 +343,36 @@ def train_supernet(run: RunConfig, *, corpus: Corpus | None = None, stop_after: 
                 logits = net(x, sub).flatten(0, 1)
                 if i > 0 and cfg.distill:
                     loss = F.kl_div(F.log_softmax(logits, -1), teacher, reduction="batchmean")
+                    kl.append(loss.item())
+                    ce.append(F.cross_entropy(logits.detach(), y.flatten()).item())
                 else:
                     loss = F.cross_entropy(logits, y.flatten())
+                    ce.append(loss.item())
+                    kl.append(None)
                 if i == 0 and cfg.distill:
                     teacher = F.softmax(logits.detach(), -1)
                 (loss / len(subnets)).backward()
-                losses.append(loss.item())
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             opt.step()
             step += 1
             window_steps += 1
-            window_loss += losses[0]
+            window_loss += ce[0]
             if step % cfg.log_interval == 0 or step == stop:
                 dt = time.perf_counter() - window_t
                 tok_s = window_steps * cfg.batch_size * seq * n_sub / dt
                 eta = (cfg.steps - step) * dt / window_steps
-                smallest_loss = f"last smallest {losses[1]:.3f} " if len(losses) > 1 else ""
-                say(f"step {step}/{cfg.steps} lr {lr:.2e} loss largest {window_loss / window_steps:.3f} "
+                smallest_loss = ""
+                if len(ce) > 1:
+                    smallest_loss = f"smallest ce {ce[1]:.3f} " + (f"kl {kl[1]:.3f} " if kl[1] is not None else "")
+                say(f"step {step}/{cfg.steps} lr {lr:.2e} largest ce {window_loss / window_steps:.3f} "
                     f"{smallest_loss}{tok_s:,.0f} tok/s eta {eta / 60:.1f} min")
-                log({"step": step, "lr": lr, "loss_largest": window_loss / window_steps,
-                     "losses": losses, "tokens_per_s": tok_s, "s_per_step": dt / window_steps})
+                # ce: cross-entropy with the labels of every subnet of the last step (the step's
+                # largest first, then its smallest); kl: KL to the largest's predictions, the loss
+                # the distilled subnets trained on (None for a subnet trained on the labels).
+                log({"step": step, "lr": lr, "ce_largest": window_loss / window_steps,
+                     "subnets": [sub.short() for sub in subnets], "ce": ce, "kl": kl,
+                     "tokens_per_s": tok_s, "s_per_step": dt / window_steps})
                 window_t, window_steps, window_loss = time.perf_counter(), 0, 0.0
             if (cfg.eval_interval and step % cfg.eval_interval == 0) or step == cfg.steps:
                 ppl, eval_s = validate()
@@ -268,11 +382,11 @@ def train_supernet(run: RunConfig, *, corpus: Corpus | None = None, stop_after: 
                 window_t = time.perf_counter()
             if step % cfg.checkpoint_interval == 0 or step == stop:
                 save()
-    except KeyboardInterrupt:
-        save()
-        say(f"interrupted at step {step}; checkpoint saved to {ckpt_path}; rerun the same command to resume")
-        raise
-    results = {"step": step, "done": step >= cfg.steps}
+    finally:
+        for sig, previous in handlers.items():
+            signal.signal(sig, previous)
+    results = {"step": step, "done": step >= cfg.steps, "ffn_updates": updates,
+               "ffn_update_ratio": update_ratios(updates)}
     finals = [h for h in history if "valid_ppl" in h and h["step"] == step]
     if finals:
         results["valid_ppl"] = finals[-1]["valid_ppl"]
@@ -285,10 +399,6 @@ def train_supernet(run: RunConfig, *, corpus: Corpus | None = None, stop_after: 
     return results
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m search.model.train", description=__doc__.split("\n\n")[1])
     parser.add_argument("--config", required=True, help="TOML with [space] and [train]; see configs/supernet_*.toml")
@@ -297,21 +407,26 @@ def main(argv=None):
     parser.add_argument("--fresh", action="store_true", help="start over even if a checkpoint exists")
     parser.add_argument("--stop-after", type=int, metavar="STEPS",
                         help="stop with a checkpoint after this many steps in total (resume later)")
+    parser.add_argument("--distill", choices=("on", "off"), help="overrides [train] distill")
+    parser.add_argument("--export", metavar="DIR",
+                        help="when training is done, write a float16, optimizer-free copy to DIR")
     args = parser.parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` checkpoints like Ctrl-C
     try:
         run = load_run_config(args.config)
         overrides = {k: v for k, v in (("out", args.out), ("device", args.device)) if v}
+        if args.distill:
+            overrides["distill"] = args.distill == "on"
         if overrides:
             run = replace(run, train=replace(run.train, **overrides))
         results = train_supernet(run, stop_after=args.stop_after, fresh=args.fresh)
+        if args.export and results["done"]:
+            argv_text = " ".join(sys.argv[1:] if argv is None else argv)
+            export_weights(run.train.out, args.export, command=f"python -m search.model.train {argv_text}")
     except (ModelConfigError, CorpusError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # SIGINT or SIGTERM: the checkpoint of the last whole step is saved
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     print(json.dumps(results))
     return 0
 

@@ -78,6 +78,20 @@ def test_batches_are_seeded_windows():
     x2, _ = random_batch(tokens, 4, 16, torch.Generator().manual_seed(5))
     assert x.shape == y.shape == (4, 16) and torch.equal(x, x2)
     assert torch.equal(y, x + 1)
-    x, y = eval_windows(tokens, 16, max_tokens=100)
+    x, y = eval_windows(tokens, 16, max_tokens=100, sample="prefix")
     assert x.shape == (6, 16) and x[1, 0] == 16 and torch.equal(y, x + 1)
     assert eval_windows(tokens, 16)[0].shape == (62, 16)
+
+
+def test_evaluation_windows_are_stratified_over_the_whole_split():
+    tokens = torch.arange(10_001)
+    x, y = eval_windows(tokens, 16, max_tokens=160)
+    assert x.shape == (10, 16) and torch.equal(y, x + 1)
+    starts = x[:, 0]
+    # One window in each tenth of the split, none overlapping.
+    assert [int(s) // 1000 for s in starts] == list(range(10))
+    assert all(int(s) % 1000 <= 1000 - 16 for s in starts)
+    assert torch.equal(eval_windows(tokens, 16, max_tokens=160)[0], x)  # fixed by the seed
+    assert not torch.equal(eval_windows(tokens, 16, max_tokens=160, seed=1)[0], x)
+    # Asking for the whole split (or more) gives the plain tiling.
+    assert torch.equal(eval_windows(tokens, 16, max_tokens=10**6)[0], eval_windows(tokens, 16)[0])

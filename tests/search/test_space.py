@@ -70,6 +70,16 @@ def test_gemm_shapes_and_per_token_figures():
     assert (shapes[-1].m, shapes[-1].k, shapes[-1].n) == (16, 12, 11)
     gen = gemm_shapes(cfg, 16, "generate")
     assert all(g.m == 1 for g in gen)
+    # A batch stacks the tokens of products with a weight; attention's products are
+    # per sequence, so the batch multiplies their count, not their rows.
+    for mode in ("prompt", "generate"):
+        one, four = gemm_shapes(cfg, 16, mode), gemm_shapes(cfg, 16, mode, batch=4)
+        for a, b in zip(one, four):
+            if a.weight:
+                assert (b.m, b.k, b.n, b.count) == (4 * a.m, a.k, a.n, a.count)
+            else:
+                assert (b.m, b.k, b.n, b.count) == (a.m, a.k, a.n, 4 * a.count)
+        assert count_macs(cfg, 16, mode, batch=4) == 4 * count_macs(cfg, 16, mode)
     assert macs_per_token(cfg, 16, "prompt") == count_macs(cfg, 16, "prompt") / 16
     assert count_macs(cfg, 16, lm_head=False) == count_macs(cfg, 16) - 16 * 12 * 11
     with pytest.raises(ValueError, match="seq_len"):
@@ -117,6 +127,22 @@ def test_space_extremes_sampling_and_check():
     assert seen == set(FFN_VARIANTS)
     with pytest.raises(ValueError, match="d_model"):
         SPACE.check(SubnetConfig(11, 16, 16, 4, (1,), (6,), ("standard",)))
+    # Membership, not "at most the largest": the supernet never trained these slices.
+    for bad, message in ((dict(d_model=10), "d_model 10 is not one of the space's choices \\(8, 12\\)"),
+                         (dict(heads=(1, 4)), r"heads\[1\] 4"),
+                         (dict(ffn_dims=(6, 7)), r"ffn_dims\[1\] 7"),
+                         (dict(ffn_variants=("lowrank", "standard"), lowrank_rank=1), "lowrank_rank 1")):
+        args = dict(vocab_size=11, context_len=16, d_model=8, head_dim=4, heads=(1, 2), ffn_dims=(6, 10),
+                    ffn_variants=("standard", "standard"))
+        args.update(bad)
+        with pytest.raises(ValueError, match=message):
+            SPACE.check(SubnetConfig(**args))
+    for v in FFN_VARIANTS:
+        assert set(SPACE.largest(v).ffn_variants) == set(SPACE.smallest(v).ffn_variants) == {v}
+        assert SPACE.largest(v).layers == 3 and SPACE.smallest(v).d_model == 8
+    fixed = SPACE.sample(rng, ffn_variants=("none", "shared"))
+    assert fixed.ffn_variants == ("none", "shared") and fixed.layers == 2
+    assert SubnetConfig.from_dict(big.to_dict()).key() == big.key() != small.key()
     with pytest.raises(ValueError, match="not allowed"):
         SearchSpace(ffn_variants=("standard",), vocab_size=11, context_len=16, head_dim=4,
                     d_model=(12,)).check(one_variant("glu"))

@@ -1,0 +1,374 @@
+"""``python -m search.model.rank --config configs/rank_default.toml``
+
+Does the supernet rank subnets as standalone training would? Draws random
+subnets of the supernet's space that fit a weight budget (int8 weights, one
+byte per parameter) and lie within a band of MACs per token (so that size
+alone cannot order them), trains each from scratch on at least as many
+tokens as the supernet gave one subnet of its sandwich (its steps x batch x
+context), and compares the standalone validation perplexities with the ones
+the subnets inherit from the supernet: Kendall tau-b and Spearman rho, with
+percentile bootstrap confidence intervals over the subnets.
+
+Writes ``table.md``, ``table.json``, ``rank.png`` and ``manifest.json`` into
+the output directory, and one ``standalone/<key>.json`` (and ``.pt``) per
+trained subnet: rerunning skips the subnets already trained, so an
+interrupted run resumes. ``--standalone-only`` stops after the standalone
+training (the supernet need not exist yet).
+
+Exit status: 0 done, 2 a bad config or a missing checkpoint (one line on
+stderr), 130 interrupted.
+"""
+
+import argparse
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+import json
+import math
+import multiprocessing
+import pathlib
+import random
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gen.config import read_toml
+
+from .config import ModelConfigError, load_run_config
+from .data import CorpusError, load_corpus, random_batch
+from .perplexity import evaluate, nll
+from .space import SearchSpace, SubnetConfig, count_params, macs_per_token
+from .transformer import Transformer
+from .train import _atomic_write, _atomic_save, _lr, _optimizer, git_commit, load_supernet, versions
+
+__all__ = ["RankConfig", "load_rank_config", "pick_subnets", "kendall_tau", "spearman_rho",
+           "bootstrap_ci", "train_standalone", "run_rank", "main"]
+
+
+@dataclass(frozen=True)
+class RankConfig:
+    """The ranking check (``[rank]`` table).
+
+    supernet_config : the supernet's training TOML (its space, steps, batch and
+        output directory, where the checkpoint is read from).
+    checkpoint : the supernet's output directory ("" = the config's ``out``).
+    subnets : standalone subnets to train (>= 3).
+    seed : seeds the subnet draw, the standalone weights and their batches.
+    weight_kib : weight budget: int8 weights, one byte per parameter.
+    mac_band : the subnets' MACs per token lie in [m / sqrt(band), m * sqrt(band)]
+        around the median m of the fitting candidates: max/min <= band.
+    steps, batch_size : standalone training (0 = the supernet's, i.e. as many
+        tokens as the supernet gave each subnet of a sandwich step).
+    eval_tokens : validation tokens (stratified over the split) per score.
+    bootstrap : bootstrap resamples for the confidence intervals.
+    threads : torch threads per worker.
+    out : output directory.
+    """
+    supernet_config: str = "configs/supernet_default.toml"
+    checkpoint: str = ""
+    subnets: int = 10
+    seed: int = 0
+    weight_kib: float = 300.0
+    mac_band: float = 2.0
+    steps: int = 0
+    batch_size: int = 0
+    eval_tokens: int = 65536
+    bootstrap: int = 2000
+    threads: int = 1
+    out: str = "build/rank_default"
+
+    def __post_init__(self):
+        if self.subnets < 3:
+            raise ValueError(f"subnets must be at least 3, not {self.subnets!r}")
+        if self.weight_kib <= 0 or self.mac_band < 1:
+            raise ValueError("weight_kib must be positive and mac_band at least 1")
+        for name in ("steps", "batch_size", "eval_tokens", "bootstrap", "threads", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)!r}")
+
+
+def load_rank_config(path) -> RankConfig:
+    """Read a ``[rank]`` TOML; a mistake is one :class:`ModelConfigError` line."""
+    path = pathlib.Path(path)
+    doc = read_toml(path, ModelConfigError)
+    table = doc.get("rank")
+    if set(doc) != {"rank"} or not isinstance(table, dict):
+        raise ModelConfigError(f"{path}: needs exactly one table, [rank]")
+    known = {f: type(getattr(RankConfig(), f)) for f in RankConfig.__dataclass_fields__}
+    kwargs = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ModelConfigError(f"{path}: [rank] has no key {key!r}; allowed keys: " + ", ".join(known))
+        want = known[key]
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise ModelConfigError(f"{path}: [rank] {key} = {value!r} has the wrong type; "
+                                   f"it must be {'a number' if want is float else 'an ' + want.__name__}")
+        kwargs[key] = value
+    try:
+        return RankConfig(**kwargs)
+    except ValueError as e:
+        raise ModelConfigError(f"{path}: [rank] {e}") from None
+
+
+# --- statistics -------------------------------------------------------------------------
+
+def kendall_tau(x, y) -> float:
+    """Kendall's tau-b (ties in either ranking counted as neither concordant nor discordant)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    dx = np.sign(x[:, None] - x[None, :])
+    dy = np.sign(y[:, None] - y[None, :])
+    iu = np.triu_indices(len(x), 1)
+    s, nx, ny = (dx * dy)[iu].sum(), (dx != 0)[iu].sum(), (dy != 0)[iu].sum()
+    return float(s / math.sqrt(nx * ny)) if nx and ny else float("nan")
+
+
+def _ranks(x):
+    x = np.asarray(x, float)
+    order = x.argsort(kind="mergesort")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):  # ties share their mean rank
+        tied = x == v
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman_rho(x, y) -> float:
+    """Spearman's rho: Pearson correlation of the (tie-averaged) ranks."""
+    rx, ry = _ranks(x), _ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def bootstrap_ci(stat, x, y, *, resamples=2000, level=0.95, seed=0) -> tuple:
+    """Percentile bootstrap interval of ``stat(x, y)`` over pairs drawn with replacement
+    (resamples where the statistic is undefined, e.g. all one subnet, are skipped)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        i = rng.integers(0, len(x), len(x))
+        v = stat(x[i], y[i])
+        if not math.isnan(v):
+            values.append(v)
+    lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+# --- subnets ---------------------------------------------------------------------------
+
+def pick_subnets(space: SearchSpace, n: int, *, weight_kib: float, mac_band: float, seed: int,
+                 candidates: int = 4000) -> list:
+    """``n`` distinct random subnets with int8 weights <= ``weight_kib`` and MACs
+    per token (full-context prompt) within a ``mac_band`` band around the
+    median of the fitting candidates; in draw order."""
+    rng = random.Random(seed)
+    fits = {}
+    for _ in range(candidates):
+        sub = space.sample(rng)
+        if count_params(sub) <= weight_kib * 1024:
+            fits.setdefault(sub, macs_per_token(sub, sub.context_len))
+    if not fits:
+        raise ModelConfigError(f"no subnet of the space fits {weight_kib} KiB of int8 weights")
+    mid = float(np.median(list(fits.values())))
+    lo, hi = mid / math.sqrt(mac_band), mid * math.sqrt(mac_band)
+    chosen = [s for s, m in fits.items() if lo <= m <= hi][:n]
+    if len(chosen) < n:
+        raise ModelConfigError(f"only {len(chosen)} distinct fitting subnets lie in the MAC band "
+                               f"{lo:,.0f}-{hi:,.0f}; lower subnets or widen mac_band")
+    return chosen
+
+
+def train_standalone(sub: SubnetConfig, tokens: torch.Tensor, *, steps: int, batch_size: int, train_cfg,
+                     seed: int) -> Transformer:
+    """``sub`` trained from scratch as a plain :class:`Transformer` with the
+    supernet's optimizer, learning-rate schedule and clipping."""
+    torch.manual_seed(seed)
+    model = Transformer(sub)
+    cfg = replace(train_cfg, steps=steps)
+    opt = _optimizer(model, cfg)
+    gen = torch.Generator().manual_seed(seed + 1)
+    model.train()
+    for step in range(1, steps + 1):
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, cfg)
+        x, y = random_batch(tokens, batch_size, sub.context_len, gen)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+    return model.eval()
+
+
+def _standalone_job(args):
+    """One subnet's standalone run in a worker; writes ``<key>.json`` and ``<key>.pt``."""
+    sub_dict, where, supernet_config, steps, batch, eval_tokens, seed, threads = args
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    sub = SubnetConfig.from_dict(sub_dict)
+    run = load_run_config(supernet_config)
+    corpus = load_corpus(run.train.corpus, run.train.corpus_path or None)
+    t0 = time.perf_counter()
+    model = train_standalone(sub, corpus.train, steps=steps, batch_size=batch, train_cfg=run.train, seed=seed)
+    train_s = time.perf_counter() - t0
+    ppl = math.exp(nll(model, None, corpus.valid, max_tokens=eval_tokens))
+    where = pathlib.Path(where)
+    _atomic_save(model.state_dict(), where / f"{sub.key()}.pt")
+    result = {"subnet": sub_dict, "key": sub.key(), "standalone_ppl": ppl, "train_s": train_s,
+              "steps": steps, "batch_size": batch, "tokens": steps * batch * sub.context_len, "seed": seed}
+    _atomic_write(where / f"{sub.key()}.json", json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False, quiet: bool = False) -> dict:
+    """Train the standalone subnets (skipping finished ones) and, unless
+    ``standalone_only``, compare them with the supernet; returns the summary."""
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    run = load_run_config(cfg.supernet_config)
+    corpus = load_corpus(run.train.corpus, run.train.corpus_path or None)
+    space = replace(run.space, vocab_size=corpus.tokenizer.vocab_size)
+    steps, batch = cfg.steps or run.train.steps, cfg.batch_size or run.train.batch_size
+    if steps * batch < run.train.steps * run.train.batch_size:
+        say(f"warning: standalone training sees fewer tokens ({steps} x {batch} sequences) than the "
+            f"supernet gave each subnet ({run.train.steps} x {run.train.batch_size})")
+    subs = pick_subnets(space, cfg.subnets, weight_kib=cfg.weight_kib, mac_band=cfg.mac_band, seed=cfg.seed)
+    out = pathlib.Path(cfg.out)
+    where = out / "standalone"
+    where.mkdir(parents=True, exist_ok=True)
+    todo = [s for s in subs if not (where / f"{s.key()}.json").exists()]
+    say(f"{len(subs)} subnets <= {cfg.weight_kib:g} KiB int8, MACs/token "
+        f"{min(macs_per_token(s, s.context_len) for s in subs):,.0f}-"
+        f"{max(macs_per_token(s, s.context_len) for s in subs):,.0f}; {len(subs) - len(todo)} trained, "
+        f"{len(todo)} to train ({steps} steps x {batch} x {space.context_len} tokens each, {workers} worker(s))")
+    jobs = [(s.to_dict(), str(where), cfg.supernet_config, steps, batch, cfg.eval_tokens,
+             cfg.seed + i, cfg.threads) for i, s in enumerate(subs) if s in todo]
+    if jobs:
+        t0 = time.perf_counter()
+        if workers > 1:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for i, r in enumerate(pool.map(_standalone_job, jobs)):
+                    say(f"[{i + 1}/{len(jobs)}] standalone ppl {r['standalone_ppl']:.3f} "
+                        f"({r['train_s']:.0f} s) {SubnetConfig.from_dict(r['subnet']).short()}")
+        else:
+            for i, job in enumerate(jobs):
+                r = _standalone_job(job)
+                say(f"[{i + 1}/{len(jobs)}] standalone ppl {r['standalone_ppl']:.3f} "
+                    f"({r['train_s']:.0f} s) {SubnetConfig.from_dict(r['subnet']).short()}")
+        say(f"standalone training: {time.perf_counter() - t0:.0f} s")
+    if standalone_only:
+        return {"standalone": [json.loads((where / f"{s.key()}.json").read_text()) for s in subs]}
+
+    checkpoint = cfg.checkpoint or run.train.out
+    net, net_space, _ = load_supernet(checkpoint)
+    if replace(net_space, vocab_size=0) != replace(space, vocab_size=0):
+        raise ModelConfigError(f"{checkpoint} holds another space than {cfg.supernet_config}")
+    rows = []
+    for s in subs:
+        r = json.loads((where / f"{s.key()}.json").read_text())
+        r["inherited_ppl"] = evaluate(net, s, corpus, max_tokens=cfg.eval_tokens)
+        r["params"], r["macs_per_token"] = count_params(s), macs_per_token(s, s.context_len)
+        r["short"] = s.short()
+        rows.append(r)
+    x, y = [r["inherited_ppl"] for r in rows], [r["standalone_ppl"] for r in rows]
+    ci = lambda stat: bootstrap_ci(stat, x, y, resamples=cfg.bootstrap, seed=cfg.seed)
+    summary = {"kendall_tau": kendall_tau(x, y), "kendall_tau_ci95": ci(kendall_tau),
+               "spearman_rho": spearman_rho(x, y), "spearman_rho_ci95": ci(spearman_rho),
+               "subnets": len(rows), "standalone_steps": steps, "standalone_batch": batch,
+               "supernet_steps": run.train.steps, "supernet_batch": run.train.batch_size,
+               "eval_tokens": cfg.eval_tokens, "checkpoint": str(checkpoint)}
+    summary["tau_and_params"] = kendall_tau([r["params"] for r in rows], y)
+    summary["tau_and_macs"] = kendall_tau([r["macs_per_token"] for r in rows], y)
+    _atomic_write(out / "table.json", json.dumps({"summary": summary, "rows": rows}, indent=2) + "\n")
+    _atomic_write(out / "table.md", format_table(rows, summary, cfg) + "\n")
+    _plot(rows, summary, out / "rank.png")
+    _atomic_write(out / "manifest.json", json.dumps({
+        "config": {k: getattr(cfg, k) for k in RankConfig.__dataclass_fields__},
+        "git_commit": git_commit(), "versions": versions(), "summary": summary}, indent=2) + "\n")
+    return summary
+
+
+def format_table(rows, summary, cfg: RankConfig) -> str:
+    lo, hi = summary["kendall_tau_ci95"]
+    rlo, rhi = summary["spearman_rho_ci95"]
+    lines = [f"{summary['subnets']} subnets with int8 weights <= {cfg.weight_kib:g} KiB in a "
+             f"{cfg.mac_band:g}x band of MACs/token; standalone: {summary['standalone_steps']} steps x "
+             f"{summary['standalone_batch']} sequences (supernet: {summary['supernet_steps']} x "
+             f"{summary['supernet_batch']} per subnet); valid ppl on {cfg.eval_tokens} stratified tokens.",
+             "",
+             f"Kendall tau {summary['kendall_tau']:.3f} (95% CI {lo:.3f} to {hi:.3f}); "
+             f"Spearman rho {summary['spearman_rho']:.3f} (95% CI {rlo:.3f} to {rhi:.3f}); "
+             f"bootstrap over subnets, {cfg.bootstrap} resamples. For reference, tau of parameters "
+             f"with standalone ppl {summary['tau_and_params']:.3f}, of MACs {summary['tau_and_macs']:.3f}.",
+             "",
+             "| subnet | params | MACs/token | inherited ppl | standalone ppl |",
+             "|---|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: r["standalone_ppl"]):
+        lines.append(f"| `{r['short']}` | {r['params']:,} | {r['macs_per_token']:,.0f} | "
+                     f"{r['inherited_ppl']:.3f} | {r['standalone_ppl']:.3f} |")
+    return "\n".join(lines)
+
+
+def _plot(rows, summary, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    x, y = [r["inherited_ppl"] for r in rows], [r["standalone_ppl"] for r in rows]
+    sc = ax.scatter(x, y, c=[r["params"] / 1e3 for r in rows], cmap="viridis")
+    fig.colorbar(sc, ax=ax, label="parameters (thousands)")
+    ax.set_xlabel("inherited from the supernet: valid ppl")
+    ax.set_ylabel("trained standalone: valid ppl")
+    lo, hi = summary["kendall_tau_ci95"]
+    ax.set_title(f"Kendall tau {summary['kendall_tau']:.2f} [{lo:.2f}, {hi:.2f}], "
+                 f"Spearman rho {summary['spearman_rho']:.2f}", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m search.model.rank",
+                                     description="Check the supernet's ranking against standalone training.")
+    parser.add_argument("--config", required=True, help="TOML with a [rank] table; see configs/rank_default.toml")
+    parser.add_argument("--out", help="output directory (overrides [rank] out)")
+    parser.add_argument("--workers", type=int, default=1, help="standalone trainings at once (processes)")
+    parser.add_argument("--standalone-only", action="store_true", help="stop after the standalone training")
+    args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        cfg = load_rank_config(args.config)
+        if args.out:
+            cfg = replace(cfg, out=args.out)
+        summary = run_rank(cfg, workers=args.workers, standalone_only=args.standalone_only)
+    except (ModelConfigError, CorpusError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume (finished subnets are kept)", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if not args.standalone_only:
+        print((pathlib.Path(cfg.out) / "table.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
