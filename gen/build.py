@@ -42,6 +42,10 @@ STAGES = ["verilog", "synth", "pnr", "bitstream", "program"]
 REPO = pathlib.Path(__file__).resolve().parent.parent
 NAME = "board"  # the board top's files: board.il, board.json, board.bin ...
 
+# Before synthesis: abc9 names each output bit it maps "wire[bit]", and Amaranth names the
+# elements of an array signal "out_c[0]"; where both meet Yosys aborts (docs/decisions.md).
+_ABC9_NAMES = "rename -hide w:*] x:* %d"
+
 
 class BuildError(RuntimeError):
     """A build that cannot go on; the message is one line, ``code`` the exit status."""
@@ -286,7 +290,8 @@ class Build:
             top._MustUse__silence = True
             if top_v.exists():
                 platform.add_file("top.v", top_v.read_text())
-            overrides = {}
+            # (the placeholder stays for _fit_dsp_budget to replace)
+            overrides = {"script_after_read": f"{_ABC9_NAMES}\n# (script_after_read placeholder)"}
             if self.board.synth_opts:
                 overrides["synth_opts"] = self.board.synth_opts
             plan = platform.prepare(top, name=NAME, **overrides)
