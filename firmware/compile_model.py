@@ -42,13 +42,15 @@ import math
 import numpy as np
 
 from rtl.isa import (Geometry, Instruction, Opcode, Flags, VecOp, Branch, Param, UNITS,
-                     INSTRUCTION_BYTES, encode, vector_rows)
+                     INSTRUCTION_BYTES, PROGRAM_FETCH_CYCLES, encode, vector_rows,
+                     vector_op_cycles)
+from . import cycles
 from .model import QuantizedModel, ModelDesc
 from .packing import pack_rows, pack_acc_lanes
 from .program import Program, Placement
 
 __all__ = ["ModelRefused", "ModelImage", "Region", "compile_model", "check_fits",
-           "plan_memory", "CATEGORIES"]
+           "plan_memory", "program_length", "CATEGORIES", "CycleModel"]
 
 MAX_LOAD_ROWS = 0xFFFF          # rows (words) one LOAD_* instruction carries
 
@@ -477,3 +479,112 @@ def compile_model(qmodel: QuantizedModel, geometry: Geometry) -> ModelImage:
     return ModelImage(geometry=g, desc=desc, regions=regions, sp_rows=sp_rows, acc_rows=acc_rows,
                       load=load, words=emitter.words, labels=emitter.labels,
                       prompt_branch_word=prompt_branch, loop_word=loop, max_tokens=T)
+
+
+# --- the whole-program cycle model ------------------------------------------------------------
+
+def _timing_key(ins: Instruction) -> tuple:
+    # What the timing of a word depends on (addresses never matter).
+    return (ins.opcode, ins.flags, ins.count0, ins.count1, ins.tag)
+
+
+class CycleModel:
+    """Cycles of the image's program without simulating a whole generation.
+
+    A position's words are cut into pieces that each start with a word waiting for the
+    engine (a VEC, HALT); such a word leaves no timing state behind, so the pieces' cycles
+    (:func:`firmware.cycles.straight_line_cycles`, each distinct piece timed once) add up.
+    POS enters only through the vector unit's latency (:func:`rtl.isa.vector_op_cycles`:
+    SOFTMAX with flags.POS), added per position. :meth:`run_cycles` equals
+    :func:`firmware.cycles.run_cycles` (tests/firmware/test_compile_model.py), which is
+    checked against the RTL.
+    """
+
+    def __init__(self, image: "ModelImage"):
+        self.image = image
+        self.g = image.geometry
+        self._cache = {}
+        self.full = self._pieces(image.trace(last=True))
+        self.prompt = self._pieces(image.trace(last=False))
+
+    def _pieces(self, trace):
+        words = self.image.words
+        pieces, current = [], []
+        for index in trace:
+            ins = words[index]
+            if current and ins.opcode in (Opcode.VEC, Opcode.HALT):
+                pieces.append(current)
+                current = []
+            current.append(index)
+        pieces.append(current)
+        out = []
+        for piece in pieces:
+            piece_words = [words[i] for i in piece]
+            key = tuple(_timing_key(w) for w in piece_words)
+            if key not in self._cache:
+                self._cache[key] = cycles.straight_line_cycles(piece_words, self.g, pos=0)
+            moving = [w for w in piece_words if w.opcode == Opcode.VEC
+                      and w.tag == VecOp.SOFTMAX and w.flags & Flags.POS]
+            out.append((piece, self._cache[key], moving))
+        return out
+
+    def _piece_cycles(self, piece, pos):
+        _, base, moving = piece
+        return base + sum(vector_op_cycles(w, self.g, pos) - vector_op_cycles(w, self.g, 0)
+                          for w in moving)
+
+    def position_cycles(self, pos: int, last: bool = True) -> int:
+        """Cycles of the position ``pos``: one that runs the LM head (``last``: a generated
+        token, or the last prompt token) or a prompt position that skips it."""
+        return sum(self._piece_cycles(p, pos) for p in (self.full if last else self.prompt))
+
+    def breakdown(self, pos: int, last: bool = True) -> dict:
+        """{layer (None: embedding, final LayerNorm, LM head, control): {category: cycles}} of
+        one position: each piece's leading VEC (its fetch, dispatch and latency) in its
+        category, the rest of the piece (MATMULs) in ``matmul`` or, without MATMULs, in the
+        category of its words."""
+        labels, words, g = self.image.labels, self.image.words, self.g
+        out = {}
+        for piece in (self.full if last else self.prompt):
+            indices = piece[0]
+            total = self._piece_cycles(piece, pos)
+            first = words[indices[0]]
+            lead = 0
+            if first.opcode == Opcode.VEC:
+                lead = min(total, PROGRAM_FETCH_CYCLES + cycles.VEC_DISPATCH_CYCLES
+                           + vector_op_cycles(first, g, pos))
+            layer, kind = labels[indices[0]]
+            bucket = out.setdefault(layer, dict.fromkeys(CATEGORIES, 0))
+            bucket[kind] += lead
+            rest_kind = "matmul" if any(words[i].opcode == Opcode.MATMUL for i in indices) \
+                else labels[indices[-1]][1]
+            bucket[rest_kind] += total - lead
+        return out
+
+    def run_cycles(self, prompt: int, generate: int) -> int:
+        """Cycles of RUN(P = ``prompt``, N = ``generate`` >= 1), as the simulators count them:
+        from the RUN's first byte to the last EMIT's last byte."""
+        if generate < 1:
+            raise ValueError("the cycles of a RUN are counted to its last reply byte: N >= 1")
+        last = prompt + generate - 2
+        t = INSTRUCTION_BYTES + 1 + 2 * prompt + PROGRAM_FETCH_CYCLES   # word 0 dispatches
+        t += sum(self.position_cycles(p, last=False) for p in range(prompt - 1))
+        t += sum(self.position_cycles(p) for p in range(prompt - 1, last))
+        # The last position up to its EMIT, which sends 2 bytes: the end is 3 cycles later.
+        emit = self.image.loop_word - 1
+        for piece in self.full:
+            if emit in piece[0]:
+                head = [self.image.words[i] for i in piece[0] if i < emit]
+                t += cycles.straight_line_cycles(head, self.g, pos=last)
+                break
+            t += self._piece_cycles(piece, last)
+        return t + 3
+
+    def prefill_cycles(self, prompt: int) -> int:
+        """RUN of a ``prompt``-token prompt to its first generated token (the prompt's
+        positions one by one, the LM head at the last)."""
+        return self.run_cycles(prompt, 1)
+
+    def decode_cycles(self, pos: int) -> int:
+        """One generated token at position ``pos`` (the previous token's EMIT to this one's)."""
+        return self.position_cycles(pos)

@@ -32,7 +32,8 @@ from rtl.isa import (Geometry, Opcode, Flags, Branch, ErrorCode, INSTRUCTION_BYT
 from rtl.hostlink import MAX_PAYLOAD
 from .program import payload_bytes, reply_bytes
 
-__all__ = ["CycleReport", "cycle_report", "run_cycles", "LinkTime", "link_seconds",
+__all__ = ["CycleReport", "cycle_report", "run_cycles", "straight_line_cycles", "LinkTime",
+           "link_seconds",
            "VEC_DISPATCH_CYCLES"]
 
 # A VEC: the cycles from its dispatch (the engine idle) to the next fetch, beyond the
@@ -356,6 +357,33 @@ def run_cycles(program_words, entry: int, prompt: int, generate: int, geometry: 
     payload = b"".join(int(x).to_bytes(2, "little") for x in tokens)
     timeline.host(Instruction(Opcode.RUN, addr0=entry, count0=prompt, count1=generate), payload)
     return timeline.report().total_cycles
+
+
+def straight_line_cycles(words, geometry: Geometry, pos: int = 0) -> int:
+    """Cycles of program ``words`` (legal Instructions) executed one after another inside a
+    RUN at POS ``pos`` (branches not taken, EMITs sending), from the dispatch of the first
+    to the dispatch that a next word waiting for the engine (a VEC, HALT) would get.
+
+    A word that waits for the engine leaves no timing state behind, so for pieces that each
+    start with such a word these cycles add up: the model compiler
+    (``firmware/compile_model.py``) sums them per position instead of running
+    :func:`run_cycles` over a whole generation.
+    """
+    timeline = _Timeline(geometry)
+    timeline.pos = pos
+    timeline.generate = len(words) + 1      # every EMIT sends
+    t = -PROGRAM_FETCH_CYCLES               # the first word dispatches at cycle 0
+    for word in words:
+        d = t + PROGRAM_FETCH_CYCLES
+        if word.opcode == Opcode.BRANCH:
+            t = d + 1
+        elif word.opcode == Opcode.EMIT:
+            d = max(d, timeline.ser_free)
+            timeline._reply(d, 2)
+            t = d + 1
+        else:
+            t = timeline._common(word, d)
+    return max(t + PROGRAM_FETCH_CYCLES, timeline.idle, timeline.slot_empty)
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,18 @@ def _signed32(value):
     return value - (1 << 32) if value >> 31 else value
 
 
+_POS_VECS = frozenset({VecOp.EMBED, VecOp.ARGMAX, VecOp.PUT_COL})
+
+
+def _moves_with_pos(ins) -> bool:
+    """Whether the rows ``ins`` touches (so its legality) depend on POS or TOK."""
+    if ins.opcode == Opcode.EMIT:
+        return True
+    if ins.opcode != Opcode.VEC:
+        return False
+    return ins.tag in _POS_VECS or bool(ins.flags & Flags.POS)
+
+
 class FunctionalMachine:
     """Memories, registers and the error status of one accelerator, as numbers.
 
@@ -151,7 +163,8 @@ class FunctionalMachine:
         self.acc = np.zeros((g.acc_depth, g.cols), dtype=np.int64)
         self.bias = np.zeros(g.cols, dtype=np.int64)
         self.program = [bytes(INSTRUCTION_BYTES)] * g.program_words
-        self._decoded = {}
+        self._decoded = {}          # program word -> Instruction
+        self._legal = set()         # program words whose legality does not depend on POS/TOK
         self.tok = np.zeros(g.tokens, dtype=np.int64)
         self.steps = 0              # program words executed by the last RUN
         self._clear()
@@ -247,6 +260,7 @@ class FunctionalMachine:
             for i in range(ins.count0):
                 self.program[ins.addr0 + i] = bytes(payload[16 * i:16 * i + 16])
                 self._decoded.pop(ins.addr0 + i, None)
+                self._legal.discard(ins.addr0 + i)
         elif op == Opcode.SET_BIAS:
             self.bias = unpack_acc_lanes(payload, g.acc_width, g.cols)[0]
         elif op in (Opcode.STORE, Opcode.STORE_SP):
@@ -338,7 +352,10 @@ class FunctionalMachine:
         product = a @ b  # |a|,|b| < 2**15, k < 2**16: exact in int64
         if ins.flags & Flags.ACCUMULATE:
             product = self.acc[out] + product
-        self.acc[out] = wrap(product, g.acc_width)
+        if g.acc_width == 32:
+            self.acc[out] = ((product + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+        else:
+            self.acc[out] = wrap(product, g.acc_width)
 
     # -- vectors
 
@@ -453,11 +470,14 @@ class FunctionalMachine:
                     break
                 self._decoded[pc] = word_ins
             op = word_ins.opcode
-            try:
-                self._check(word_ins, host=False)
-            except _Fault as fault:
-                self._fail(fault, op.value, pc)
-                break
+            if pc not in self._legal:
+                try:
+                    self._check(word_ins, host=False)
+                except _Fault as fault:
+                    self._fail(fault, op.value, pc)
+                    break
+                if not _moves_with_pos(word_ins):
+                    self._legal.add(pc)
             if op == Opcode.HALT:
                 break
             pc += 1

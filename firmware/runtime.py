@@ -10,6 +10,18 @@ over the serial host link (``firmware/serial.py``).
     >>> c = device.matmul(a, b)            # int8 M x K @ int8 K x N -> int32 M x N
     >>> q = device.matmul(a, b, bias=bias, scale=0.01)   # int8, requantized
     >>> device.cycles
+
+A Transformer lives on the device (``firmware/compile_model.py``)::
+
+    >>> device.load(qmodel)                    # weights, constants, program: once
+    >>> for token in device.generate([5, 9, 2], 20):   # ids as the board sends them
+    ...     print(token)
+    >>> device.logits([5, 9, 2])               # int32 logits of every position
+    >>> device.status(), device.reset()
+
+A backend that starts from reset on every run (the simulators of
+``firmware/sim.py``, ``keeps_state = False``) gets the load stream replayed in
+front of each run; :attr:`Device.cycles` then counts only what follows it.
 """
 
 from fractions import Fraction
@@ -19,12 +31,35 @@ import typing
 
 import numpy as np
 
-from rtl.isa import Geometry
+from rtl.isa import Geometry, Instruction, Opcode, ErrorCode, encode
 from .compiler import compile_matmul
-from .packing import signed_range
-from .program import Program
+from .packing import signed_range, unpack_acc_lanes
+from .program import Program, reply_bytes as _reply_bytes
 
-__all__ = ["Backend", "Device", "scale_to_mult_shift"]
+__all__ = ["Backend", "Device", "DeviceError", "DeviceStatus", "scale_to_mult_shift"]
+
+_SYNC_TAG = 0x5A
+_PREAMBLE_REPLY = 5     # the load stream ends with SYNC (1 byte) and STATUS (4)
+
+
+class DeviceError(RuntimeError):
+    """The accelerator reported an error (STATUS); the message names the failing instruction."""
+
+    def __init__(self, message, status):
+        super().__init__(message)
+        self.status = status
+
+
+class DeviceStatus(typing.NamedTuple):
+    """What STATUS answers: the sticky error, the failing opcode and its program word
+    (0xFFFF for the host stream); all 0 while there is no error."""
+    code: ErrorCode
+    opcode: int
+    word: int
+
+    @property
+    def ok(self) -> bool:
+        return self.code == ErrorCode.OK
 
 MULT_BITS, SHIFT_BITS = 16, 6
 
@@ -67,6 +102,9 @@ class Device:
         self.backend = backend
         self.cycles: int | None = None
         self.program: Program | None = None
+        self.image = None           # the ModelImage that load() put on the device
+        self._preamble = b""        # replayed before each run on a backend that keeps no state
+        self._preamble_cycles = 0
 
     @classmethod
     def simulated(cls, config, backend: str | None = None) -> "Device":
@@ -105,10 +143,136 @@ class Device:
         """Run a Program; its decoded result. Sets :attr:`cycles`."""
         if program.geometry != self.geometry:
             raise ValueError("the program was compiled for another geometry")
-        reply, cycles = self.backend.run(program.to_bytes(), program.reply_bytes)
-        self.cycles = cycles
+        reply = self._exchange(program.to_bytes(), program.reply_bytes)
         self.program = program
         return program.decode(reply)
+
+    @property
+    def keeps_state(self) -> bool:
+        return getattr(self.backend, "keeps_state", True)
+
+    def _exchange(self, stream: bytes, reply_bytes: int) -> bytes:
+        """Send ``stream``, return its ``reply_bytes`` reply bytes; sets :attr:`cycles`."""
+        if self._preamble and not self.keeps_state:
+            # The preamble ends with a reply (SYNC, STATUS), so the cycles after its last
+            # reply byte are this run's.
+            reply, cycles = self.backend.run(self._preamble + stream, _PREAMBLE_REPLY + reply_bytes)
+            self.cycles = None if cycles is None else cycles - self._preamble_cycles
+            return reply[_PREAMBLE_REPLY:]
+        reply, self.cycles = self.backend.run(stream, reply_bytes)
+        return reply
+
+    def _stream(self, stream: bytes, reply_bytes: int):
+        """Yield reply chunks as they arrive (a backend with ``stream``), else all at once."""
+        if self.keeps_state and hasattr(self.backend, "stream"):
+            self.cycles = None
+            yield from self.backend.stream(stream, reply_bytes)
+        else:
+            yield self._exchange(stream, reply_bytes)
+
+    # -- a Transformer on the device
+
+    def load(self, qmodel):
+        """Compile ``qmodel`` (a :class:`firmware.model.QuantizedModel` or a path to one) for
+        this device and send the image once; :class:`firmware.compile_model.ModelRefused`
+        (one line) if it does not fit. Returns the :class:`ModelImage`."""
+        from .compile_model import compile_model
+        from .model import QuantizedModel
+        if not isinstance(qmodel, QuantizedModel):
+            qmodel = QuantizedModel.load(qmodel)
+        image = compile_model(qmodel, self.geometry)
+        stream = image.load.to_bytes() + encode(Instruction(Opcode.SYNC, tag=_SYNC_TAG)) + \
+            encode(Instruction(Opcode.STATUS))
+        self.image, self._preamble = None, b""
+        reply, cycles = self.backend.run(stream, 5)
+        self.image = image
+        self._check_status(self._decode_status(reply[1:]), "loading the model")
+        if not self.keeps_state:
+            self._preamble, self._preamble_cycles = stream, cycles or 0
+        self.cycles = cycles
+        return image
+
+    def _image(self):
+        if self.image is None:
+            raise RuntimeError("no model on the device: call load(qmodel) first")
+        return self.image
+
+    def generate(self, prompt_ids, n: int):
+        """Run the model on ``prompt_ids`` and yield the ``n`` token ids it generates, each as
+        soon as it arrives. Raises :class:`DeviceError` if the device reports an error."""
+        image = self._image()
+        run, payload = image.run_step(prompt_ids, n)
+        stream = encode(run) + payload
+        pending = b""
+        got = 0
+        for chunk in self._stream(stream, 2 * n):
+            pending += chunk
+            while len(pending) >= 2 and got < n:
+                token = int.from_bytes(pending[:2], "little")
+                pending = pending[2:]
+                if token >= image.vocab_size:   # 0xFFFF padding: the RUN failed
+                    self._raise_status("generating", stream, 2 * n)
+                got += 1
+                yield token
+
+    def logits(self, prompt_ids) -> np.ndarray:
+        """int32 logits (P x vocab) of every position of ``prompt_ids``: for each prefix a RUN
+        with N = 0 (its last position runs the LM head) and a STORE of the logits rows."""
+        image = self._image()
+        ids = list(prompt_ids)
+        store = image.store_logits()
+        row_bytes = _reply_bytes(self.geometry, store)
+        stream = bytearray()
+        for p in range(1, len(ids) + 1):
+            run, payload = image.run_step(ids[:p], 0)
+            stream += encode(run) + payload + encode(store)
+        status = Instruction(Opcode.STATUS)
+        reply = self._exchange(bytes(stream) + encode(status), len(ids) * row_bytes + 4)
+        self._check_status(self._decode_status(reply[-4:]), "computing logits")
+        g = self.geometry
+        rows = unpack_acc_lanes(reply[:-4], g.acc_width, g.cols)
+        return rows.reshape(len(ids), -1)[:, :image.vocab_size].astype(np.int32)
+
+    @staticmethod
+    def _decode_status(reply: bytes) -> DeviceStatus:
+        code = ErrorCode(reply[0]) if reply[0] in ErrorCode._value2member_map_ else reply[0]
+        return DeviceStatus(code, reply[1], int.from_bytes(reply[2:4], "little"))
+
+    def status(self) -> DeviceStatus:
+        """The device's error status (STATUS)."""
+        return self._decode_status(self._exchange(encode(Instruction(Opcode.STATUS)), 4))
+
+    def reset(self) -> None:
+        """RESET: clear the error and the registers; a loaded model stays."""
+        self._exchange(encode(Instruction(Opcode.RESET)) +
+                       encode(Instruction(Opcode.SYNC, tag=_SYNC_TAG)), 1)
+
+    def _raise_status(self, doing, stream=b"", reply_bytes=0):
+        """Raise the device's error; a backend that keeps no state runs ``stream`` again."""
+        if self.keeps_state:
+            status = self.status()
+        else:
+            reply = self._exchange(stream + encode(Instruction(Opcode.STATUS)), reply_bytes + 4)
+            status = self._decode_status(reply[-4:])
+        self._check_status(status, doing)
+        raise DeviceError(f"the device answered wrongly while {doing} but reports no error",
+                          status)
+
+    def _check_status(self, status: DeviceStatus, doing: str):
+        if status.ok:
+            return
+        try:
+            opcode = Opcode(status.opcode).name
+        except ValueError:
+            opcode = "a word past the end of program memory" if status.opcode == 0xFF \
+                else f"reserved opcode {status.opcode}"
+        where = "the host stream" if status.word == 0xFFFF else f"program word {status.word}"
+        if status.word != 0xFFFF and self.image is not None \
+                and status.word < len(self.image.words):
+            opcode = repr(self.image.words[status.word])
+        name = status.code.name if isinstance(status.code, ErrorCode) else str(status.code)
+        raise DeviceError(f"the device stopped with {name} while {doing}: {opcode} at {where}",
+                          status)
 
     def _check_matrix(self, name, value):
         g = self.geometry

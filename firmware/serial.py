@@ -4,7 +4,7 @@
 
     run(program: bytes, reply_bytes: int) -> tuple[bytes, int | None]
 
-It cuts ``program`` into frames of at most 255 bytes, sends them one at a
+and ``stream`` (the same, yielding reply bytes as they arrive: a RUN's tokens). It cuts ``program`` into frames of at most 255 bytes, sends them one at a
 time, and collects the accelerator's reply bytes from the board's replies,
 polling with empty frames once the program is sent. A reply that does not
 arrive within its timeout, fails its CRC, or reports an error makes it wait
@@ -195,18 +195,28 @@ class SerialBackend:
 
     def run(self, program: bytes, reply_bytes: int) -> tuple[bytes, int | None]:
         """Send ``program``, return exactly ``reply_bytes`` reply bytes (cycle count unknown)."""
+        return b"".join(self.stream(program, reply_bytes)), None
+
+    def stream(self, program: bytes, reply_bytes: int):
+        """Send ``program`` and yield its reply bytes as the board's replies bring them (a RUN's
+        token ids arrive while the board is still generating)."""
         program = bytes(program)
-        received = bytearray()
+        received = 0
         offset = 0
         forwarding = False
         idle_polls = 0
-        while offset < len(program) or len(received) < reply_bytes:
+        while offset < len(program) or received < reply_bytes:
             if offset < len(program) and not forwarding:
                 chunk = program[offset:offset + self.frame_bytes]
             else:
                 chunk = b""     # a poll: collect output, or wait until the board can take more
             reply = self.exchange(chunk)
-            received += reply.data
+            received += len(reply.data)
+            if received > reply_bytes:
+                raise LinkError(f"the accelerator answered more than the {reply_bytes} reply "
+                                f"bytes the program asks for")
+            if reply.data:
+                yield reply.data
             if chunk and reply.code == Status.OK:
                 offset += len(chunk)
             elif chunk:
@@ -216,14 +226,10 @@ class SerialBackend:
                     and not reply.more:
                 idle_polls += 1
                 if idle_polls > 16 + self.stall_s / self._byte_time(12):
-                    raise LinkError(f"the accelerator answered {len(received)} of "
+                    raise LinkError(f"the accelerator answered {received} of "
                                     f"{reply_bytes} reply bytes and then stopped")
             else:
                 idle_polls = 0
-            if len(received) > reply_bytes:
-                raise LinkError(f"the accelerator answered more than the {reply_bytes} reply "
-                                f"bytes the program asks for")
-        return bytes(received), None
 
     def close(self):
         close = getattr(self.port, "close", None)

@@ -115,6 +115,7 @@ def _parse_reply(text: str, reply_bytes: int, name: str) -> tuple[bytes, int]:
 
 class _Backend:
     name = "?"
+    keeps_state = False     # every run starts from reset (firmware.runtime replays the load)
 
     def __init__(self, config):
         self.config = config

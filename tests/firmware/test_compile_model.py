@@ -1,0 +1,119 @@
+"""The model compiler: a quantized Transformer on the device, bit-exact against the integer
+reference (firmware/reference.py), its refusals, and the whole-program cycle model."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from rtl.isa import Geometry, UNITS, Opcode
+from firmware import cycles
+from firmware.compile_model import (compile_model, check_fits, ModelRefused, CycleModel,
+                                    CATEGORIES)
+from firmware.model import FFN_VARIANTS
+from firmware.runtime import Device
+
+from .qmodels import random_qmodel, small_desc
+
+G = Geometry(8, 8, "ws", scratchpad_kib=96, accumulator_kib=16, program_kib=32, tokens=32,
+             units=UNITS)
+PROMPT = [3, 1, 4, 1, 5, 9, 2, 6]
+
+
+@pytest.fixture(scope="module")
+def reference_logits(tmp_path_factory):
+    from firmware.reference import IntegerTransformer
+
+    def logits(qmodel, tokens):
+        path = tmp_path_factory.mktemp("qm") / "model.npz"
+        qmodel.save(path)
+        return IntegerTransformer.load(path).logits(tokens).numpy()
+    return logits
+
+
+@pytest.mark.parametrize("variant", FFN_VARIANTS)
+def test_logits_bit_exact_with_the_integer_reference(variant, reference_logits):
+    qmodel = random_qmodel(small_desc(variant), seed=FFN_VARIANTS.index(variant))
+    device = Device.functional(G)
+    device.load(qmodel)
+    tokens = PROMPT + [7, 0, 11]
+    got = device.logits(tokens)
+    assert got.shape == (len(tokens), qmodel.desc.vocab_size)
+    np.testing.assert_array_equal(got, reference_logits(qmodel, tokens))
+
+
+def test_decode_steps_equal_a_prefill_and_two_generations_share_one_load():
+    qmodel = random_qmodel(small_desc("glu"), seed=7)
+    device = Device.functional(G)
+    device.load(qmodel)
+    generated = list(device.generate(PROMPT, 4))
+    assert len(generated) == 4 and all(0 <= t < qmodel.desc.vocab_size for t in generated)
+    # Each generated token is the ARGMAX of a prefill over the same positions.
+    logits = device.logits(PROMPT + generated)
+    assert generated == [int(np.argmax(row)) for row in logits[len(PROMPT) - 1:-1]]
+    # A second generation from the same load, and the first again.
+    other = list(device.generate([5, 5], 2))
+    assert other == [int(np.argmax(r)) for r in device.logits([5, 5] + other)[1:]][:2]
+    assert list(device.generate(PROMPT, 4)) == generated
+
+
+def test_the_memory_plan_stays_inside_its_memories():
+    image = compile_model(random_qmodel(small_desc("lowrank")), G)
+    spans = {}
+    for region in image.regions.values():
+        spans.setdefault(region.memory, []).append((region.base, region.base + region.rows))
+    for memory, depth in (("scratchpad", G.sp_depth), ("accumulator", G.acc_depth)):
+        ranges = sorted(spans[memory])
+        assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:]))     # no overlap
+        assert ranges[-1][1] <= depth
+    assert len(image.words) <= G.program_words
+    assert image.words[-1].opcode == Opcode.HALT
+
+
+@pytest.mark.parametrize("change,memory", [
+    (dict(scratchpad_kib=32), "scratchpad"),
+    (dict(accumulator_kib=4), "accumulator"),
+    (dict(program_kib=8), "program memory"),
+])
+def test_a_model_too_big_is_refused_in_one_line(change, memory):
+    g = dataclasses.replace(G, **change)
+    with pytest.raises(ModelRefused) as info:
+        compile_model(random_qmodel(small_desc("standard")), g)
+    message = str(info.value)
+    assert "\n" not in message and f"the {memory} needs" in message and "the config has" in message
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(units=("elementwise", "gelu")), "lacks the vector units softmax, layernorm"),
+    (dict(dataflow="os"), "needs the WS dataflow"),
+    (dict(rows=4), "rows == cols"),
+    (dict(program_kib=0, tokens=0), "no program memory"),
+])
+def test_a_config_that_cannot_run_it_is_refused_in_one_line(change, match):
+    g = dataclasses.replace(G, **change)
+    with pytest.raises(ModelRefused, match=match) as info:
+        check_fits(small_desc("none"), g)
+    assert "\n" not in str(info.value)
+
+
+def test_a_prompt_longer_than_the_image_holds_is_refused():
+    device = Device.functional(G)
+    device.load(random_qmodel(small_desc("none")))
+    with pytest.raises(ValueError, match="this image holds 16"):
+        list(device.generate(list(range(10)), 7))
+
+
+@pytest.mark.parametrize("variant", ["standard", "lowrank"])
+def test_cycle_model_equals_the_event_model_of_a_whole_run(variant):
+    image = compile_model(random_qmodel(small_desc(variant)), G)
+    model = CycleModel(image)
+    for prompt, generate in ((1, 1), (5, 1), (5, 3), (15, 1)):
+        assert model.run_cycles(prompt, generate) == \
+            cycles.run_cycles(image.words, 0, prompt, generate, G)
+    # A decode step is the difference of two RUNs one token apart.
+    step = cycles.run_cycles(image.words, 0, 5, 3, G) - cycles.run_cycles(image.words, 0, 5, 2, G)
+    assert model.decode_cycles(6) == step
+    split = model.breakdown(6)
+    assert sum(sum(c.values()) for c in split.values()) == model.position_cycles(6)
+    assert set(split) == {None, 0, 1} and set(split[0]) == set(CATEGORIES)
+    assert split[0]["matmul"] > split[0]["nonlinear"] > 0
