@@ -589,7 +589,9 @@ class Controller(wiring.Component):
         cols = g.cols
 
         def is_op(*opcodes):
-            return Cat(op == o for o in opcodes).any()
+            # Sorted: HOST_ONLY/PROGRAM_ONLY are sets, whose order changes with the hash seed,
+            # and the Verilog (the build's content key) must come out the same every run.
+            return Cat(op == o for o in sorted(opcodes, key=lambda o: o.value)).any()
 
         def vrows(n):                       # ceil(n / cols)
             return _div_const(n + (cols - 1), cols)
