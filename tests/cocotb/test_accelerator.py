@@ -71,26 +71,17 @@ def simulator_env():
     os.environ["PATH"] = f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}"
 
 
-@pytest.mark.parametrize("path", [
-    "tests/configs/test_2x2_ws.toml",
-    "tests/configs/test_4x4_os.toml",
-    "tests/configs/test_4x8_ws.toml",
-    "tests/configs/test_8x8_os.toml",
-    "tests/configs/test_4x4_ws_i16.toml",
-])
-def test_accelerator_replies_match_torch(path, tmp_path):
+def run_cocotb(config, cases, tmp_path):
+    """Run tb_accelerator on the config's Verilog with ``cases`` ([(name, program bytes,
+    expected reply bytes)]); what it received: [{"reply": hex, "cycles": n}] per case."""
     from cocotb_tools.runner import get_runner
     from cocotb_tools.check_results import get_results
 
     simulator_env()
-    config = load_config(REPO / path)
-    g = config.accelerator.geometry
     verilog, digest = sim.verilog_for(config)
-    cases = cases_for(g, seed=g.rows * 100 + g.cols)
     (tmp_path / "cases.json").write_text(json.dumps([
-        {"name": name, "program": program.to_bytes().hex(),
-         "reply": program.expected_reply(expected.numpy()).hex()}
-        for name, program, expected in cases]))
+        {"name": name, "program": program.hex(), "reply": reply.hex()}
+        for name, program, reply in cases]))
     out = tmp_path / "out"
     out.mkdir()
 
@@ -112,7 +103,58 @@ def test_accelerator_replies_match_torch(path, tmp_path):
                    "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])})
     tests, failed = get_results(results)
     assert tests == len(cases) and failed == 0, f"{failed} of {tests} cocotb tests failed; see {tmp_path}"
-    for index, (name, program, expected) in enumerate(cases):
-        received = json.loads((out / f"{index}.json").read_text())
-        result = program.decode(bytes.fromhex(received["reply"]))
+    return [json.loads((out / f"{index}.json").read_text()) for index in range(len(cases))]
+
+
+@pytest.mark.parametrize("path", [
+    "tests/configs/test_2x2_ws.toml",
+    "tests/configs/test_4x4_os.toml",
+    "tests/configs/test_4x8_ws.toml",
+    "tests/configs/test_8x8_os.toml",
+    "tests/configs/test_4x4_ws_i16.toml",
+])
+def test_accelerator_replies_match_torch(path, tmp_path):
+    config = load_config(REPO / path)
+    g = config.accelerator.geometry
+    cases = cases_for(g, seed=g.rows * 100 + g.cols)
+    received = run_cocotb(config, [(name, program.to_bytes(), program.expected_reply(expected.numpy()))
+                                   for name, program, expected in cases], tmp_path)
+    for (name, program, expected), got in zip(cases, received):
+        result = program.decode(bytes.fromhex(got["reply"]))
         assert (result == expected.numpy()).all(), name
+
+
+def v1_cases(g):
+    """Streams over every ISA v1 instruction a config without vector units runs: LOAD_ACC,
+    LOAD_PROG, RUNs through BRANCH/EMIT/HALT, SETP, STATUS, RESET, an illegal instruction
+    on the host stream and one in a program; expected replies from the ISA interpreter."""
+    from firmware.functional import FunctionalBackend
+    from firmware.program import reply_bytes
+    from rtl.isa import Instruction, Opcode, encode
+    from tests.firmware.test_cycles import random_v1_stream
+
+    # The cases run one after another in one simulation, where a reset clears the registers
+    # and the error but no memory: so one interpreter, with a RESET between the cases.
+    interpreter = FunctionalBackend(g)
+    cases = []
+    for seed, fault in [(1, None), (2, "host"), (3, "program")]:
+        steps = random_v1_stream(g, seed, fault=fault)
+        stream = b"".join(encode(i) + p for i, p in steps)
+        n_reply = sum(reply_bytes(g, i) for i, _ in steps)
+        cases.append((f"ISA v1, fault {fault}", stream, interpreter.run(stream, n_reply)[0]))
+        interpreter.run(encode(Instruction(Opcode.RESET)), 0)
+    return cases
+
+
+@pytest.mark.parametrize("path", ["tests/configs/test_2x2_ws.toml", "tests/configs/test_4x4_os.toml"])
+def test_v1_instructions_match_interpreter_and_cycle_model(path, tmp_path):
+    import dataclasses
+    from firmware.cycles import cycle_report
+
+    config = load_config(REPO / path)
+    config = dataclasses.replace(config, accelerator=dataclasses.replace(
+        config.accelerator, program_kib=0.5, tokens=12))
+    g = config.accelerator.geometry
+    cases = v1_cases(g)
+    for (name, stream, _), got in zip(cases, run_cocotb(config, cases, tmp_path)):
+        assert got["cycles"] == cycle_report(stream, g).total_cycles, name
