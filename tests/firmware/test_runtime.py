@@ -96,3 +96,45 @@ def test_serial_device_takes_the_config_geometry(monkeypatch):
     device = Device.serial("/dev/ttyUSB9", "tests/configs/test_4x4_os.toml", baud=115200)
     assert device.geometry.dataflow == "os"
     assert (device.backend.port, device.backend.options) == ("/dev/ttyUSB9", {"baud": 115200})
+
+
+# -- a Transformer on the device: status, errors, reset
+
+def _model_device():
+    from rtl.isa import UNITS
+    from .qmodels import random_qmodel, small_desc
+    g = Geometry(8, 8, "ws", scratchpad_kib=64, accumulator_kib=16, program_kib=16, tokens=16,
+                 units=UNITS)
+    device = Device.functional(g)
+    device.load(random_qmodel(small_desc("none", d_model=32, heads=1, context=8), seed=2))
+    return device
+
+
+def test_generate_is_a_generator_and_status_is_clean():
+    device = _model_device()
+    tokens = device.generate([1, 2], 3)
+    assert iter(tokens) is tokens
+    assert len(list(tokens)) == 3
+    assert device.status().ok and tuple(device.status()) == (0, 0, 0)
+
+
+def test_a_device_error_names_the_failing_program_word():
+    from rtl.isa import Instruction, Opcode, ErrorCode, encode
+    from firmware.runtime import DeviceError
+    device = _model_device()
+    # Overwrite program word 3 with a MATMUL whose accumulator rows lie beyond the memory.
+    bad = Instruction(Opcode.MATMUL, addr2=device.geometry.acc_depth, count0=1, count1=1)
+    device.backend.run(encode(Instruction(Opcode.LOAD_PROG, addr0=3, count0=1)) + encode(bad), 0)
+    device.image.words[3] = bad
+    with pytest.raises(DeviceError, match=r"OUT_OF_RANGE while generating: .*MATMUL.* at "
+                                          r"program word 3") as info:
+        list(device.generate([1, 2], 2))
+    assert info.value.status == (ErrorCode.OUT_OF_RANGE, Opcode.MATMUL.value, 3)
+    assert device.status().code == ErrorCode.OUT_OF_RANGE       # sticky
+    device.reset()
+    assert device.status().ok
+
+
+def test_generate_before_load_is_refused():
+    with pytest.raises(RuntimeError, match="call load"):
+        list(Device.functional(G).generate([1], 1))
