@@ -28,7 +28,7 @@ import math
 
 from rtl.isa import (Geometry, Opcode, Flags, Branch, ErrorCode, INSTRUCTION_BYTES,
                      REQUANT_LATENCY, WRITEBACK_STAGES, PROGRAM_FETCH_CYCLES, decode,
-                     instruction_error, Instruction, encode)
+                     instruction_error, vector_op_cycles, Instruction, encode)
 from rtl.hostlink import MAX_PAYLOAD
 from .program import payload_bytes, reply_bytes
 
@@ -196,7 +196,7 @@ class _Timeline:
         if op == Opcode.REQUANT:
             return d + 1 + ins.count0 * (self.row_period + 1) if ins.count0 else d + 1
         if op == Opcode.VEC:
-            return d + VEC_DISPATCH_CYCLES + _vector_cycles(ins, g, self.pos)
+            return d + VEC_DISPATCH_CYCLES + vector_op_cycles(ins, g, self.pos)
         return d + 1    # NOP
 
     # -- the host stream
@@ -327,13 +327,6 @@ class _Timeline:
         return CycleReport(total_cycles=end, compute_cycles=self.compute,
                            matmul_beats=self.beats, macs_issued=self.macs,
                            instructions=self.instructions, error=self.error)
-
-
-def _vector_cycles(instruction, geometry, pos):
-    """The vector unit's latency (rtl.isa.vector_op_cycles, once the unit exists)."""
-    import rtl.isa
-    function = getattr(rtl.isa, "vector_op_cycles", None)
-    return function(instruction, geometry, pos) if function and geometry.units else 0
 
 
 def cycle_report(program, geometry: Geometry) -> CycleReport:

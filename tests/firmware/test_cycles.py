@@ -5,7 +5,7 @@ import random
 import pytest
 
 from firmware.cycles import cycle_report, run_cycles, link_seconds
-from rtl.isa import Geometry, Instruction, Opcode, Flags, Branch, VecOp, encode
+from rtl.isa import Geometry, Instruction, Opcode, Flags, Branch, VecOp, VEC_UNIT, UNITS, encode
 from rtl.top import Accelerator
 from tests.rtl.streams import run_stream
 from firmware.program import payload_bytes, reply_bytes
@@ -102,12 +102,34 @@ def random_matmul(g, rnd):
                        addr2=rnd.randrange(g.acc_depth - 12), count0=m, count1=k)
 
 
+def random_vec(g, rnd, op=None):
+    """A VEC of a unit the geometry has, its rows in the lower half of each memory (legal for
+    the short vectors here, at every POS and for token ids below 4 * cols)."""
+    if op is None:
+        op = rnd.choice([v for v in VecOp if g.has_unit(VEC_UNIT[v])])
+    flags = 0
+    if op in (VecOp.REQ, VecOp.ADD):
+        flags = rnd.choice([0, Flags.PERCHAN])
+    elif op in (VecOp.SOFTMAX, VecOp.COPY_SP):
+        flags = rnd.choice([0, Flags.POS])
+    count1 = {VecOp.SOFTMAX: rnd.randint(0, 2 * g.cols), VecOp.LAYERNORM: rnd.randrange(32),
+              VecOp.EMBED: rnd.randrange(4), VecOp.COPY_SP: rnd.randrange(3)}.get(op, 0)
+    half = min(g.sp_depth, g.acc_depth) // 2
+    return Instruction(Opcode.VEC, tag=op, flags=flags, count0=rnd.randint(0, 2 * g.cols),
+                       count1=count1, addr0=rnd.randrange(half), addr1=rnd.randrange(half),
+                       addr2=rnd.randrange(half), mult=rnd.randrange(1 << 16),
+                       shift=rnd.randrange(32))
+
+
 def random_body(g, rnd, length):
-    """Straight-line instructions that a program and the host stream may both carry."""
+    """Straight-line instructions that a program and the host stream may both carry
+    (VECs when the geometry has vector units)."""
     body = []
     for _ in range(length):
-        kind = rnd.choice(["mm", "mm", "mm", "requant", "setp", "nop"])
-        if kind == "mm":
+        kind = rnd.choice(["mm", "mm", "mm", "requant", "setp", "nop"] + ["vec"] * 4 * bool(g.units))
+        if kind == "vec":
+            body.append(random_vec(g, rnd))
+        elif kind == "mm":
             body.append(random_matmul(g, rnd))
         elif kind == "requant":
             body.append(Instruction(Opcode.REQUANT, addr0=rnd.randrange(g.acc_depth - 4),
@@ -142,10 +164,11 @@ def random_model_program(g, rnd, *, fault=False):
     return words
 
 
-def random_v1_stream(g, seed, *, runs=2, fault=None):
+def random_v1_stream(g, seed, *, runs=2, fault=None, vec_ops=()):
     """A host stream over every instruction of ISA v1 that a config without vector units runs:
     loads, a program, RUNs with prompts, MATMULs, stores, STATUS; with ``fault`` ("host" or
-    "program") one illegal instruction, the skipped ones after it, STATUS, RESET, and more."""
+    "program") one illegal instruction, the skipped ones after it, STATUS, RESET, and more;
+    ``vec_ops``: a VEC of each of these on the host stream before the first RUN."""
     rnd = random.Random(seed)
     steps = []
 
@@ -161,6 +184,8 @@ def random_v1_stream(g, seed, *, runs=2, fault=None):
     entry = rnd.randrange(4)
     add(Instruction(Opcode.LOAD_PROG, addr0=entry, count0=len(words)),
         b"".join(encode(_relocate(w, entry)) for w in words))
+    for op in vec_ops:
+        add(random_vec(g, rnd, op))
 
     def host_op():
         kind = rnd.choice(["mm", "store", "store_sp", "sync", "load", "status", "setp", "requant"])
@@ -185,7 +210,9 @@ def random_v1_stream(g, seed, *, runs=2, fault=None):
     def run():
         prompt = rnd.randint(1, 4)
         generate = rnd.randint(0, g.tokens - prompt)
-        add(Instruction(Opcode.RUN, addr0=entry, count0=prompt, count1=generate))
+        ids = [rnd.randrange(4 * g.cols if g.units else 1 << 16) for _ in range(prompt)]
+        add(Instruction(Opcode.RUN, addr0=entry, count0=prompt, count1=generate),
+            b"".join(i.to_bytes(2, "little") for i in ids))
 
     for r in range(runs):
         for _ in range(rnd.randint(1, 4)):
@@ -262,3 +289,14 @@ def test_link_seconds_counts_frames_bytes_and_turnarounds():
     assert link.to_board_bytes == 600 + 5 * 5 and link.to_host_bytes == 300 + 6 * 5
     assert link.seconds == pytest.approx((625 + 330) * 10e-6 + 5e-3)
     assert link_seconds(0, 0).seconds == 0
+
+
+@pytest.mark.parametrize("rows,cols,dataflow,seed,lanes", [
+    (2, 2, "ws", 11, 1), (2, 4, "os", 12, 2), (3, 3, "ws", 13, 3),
+])
+def test_vec_programs_match_interpreter_and_cycle_model(rows, cols, dataflow, seed, lanes):
+    """Programs with every VecOp among the MATMULs, on the RTL with its vector unit."""
+    g = v1_geometry(rows, cols, dataflow, units=UNITS, vector_lanes=lanes)
+    steps = random_v1_stream(g, seed, vec_ops=list(VecOp) * 2)
+    reply = check_v1_stream(g, steps, lambda s, n: run_stream(Accelerator(g), s, n))
+    assert reply[-1] == 0xA5
