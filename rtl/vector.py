@@ -72,6 +72,21 @@ def _sat(value, bits):
     return Mux(value < lo, lo, Mux(value > hi, hi, value))
 
 
+def fits(value, bits):
+    """``value`` (signed) is representable in ``bits`` signed bits."""
+    top = value[bits - 1:]
+    return (top == 0) | (top == (1 << len(top)) - 1)
+
+
+def lut_mul(a, b):
+    """Signed ``a * b`` as shifted partial products (LUTs and carry chains, no DSP)."""
+    a, b = a.as_signed(), b.as_signed()
+    width = len(a) + len(b)
+    terms = [Mux(b[i], a << i, 0) for i in range(len(b) - 1)]
+    terms.append(Mux(b[-1], -(a << (len(b) - 1)), 0))     # the sign bit weighs -2**(n-1)
+    return functools.reduce(operator.add, terms)[:width].as_signed()
+
+
 def _tree(items, combine):
     while len(items) > 1:
         items = [combine(items[i], items[i + 1]) if i + 1 < len(items) else items[i]
@@ -179,7 +194,6 @@ class VectorUnit(wiring.Component):
         half = Signal(RQ_PRODUCT_BITS)
         ei = Signal(18)            # EMBED/PUT_COL/COPY element (row) counter
 
-
         # Operand reads and row buffers.
         buf1 = Signal(cols * 32)
         buf2 = Signal(cols * 32)
@@ -204,10 +218,11 @@ class VectorUnit(wiring.Component):
 
         # Tags travel with the lanes: stage k is the lane cycle's value k cycles later.
         lane_cycle = Signal()
-        tag_valid = [lane_cycle] + [Signal(name=f"tag_valid{k}") for k in range(1, depth + 1)]
-        tag_last = [Signal(name=f"tag_last_in") ] + [Signal(name=f"tag_last{k}") for k in range(1, depth + 1)]
-        tag_addr = [Signal(16, name="tag_addr_in")] + [Signal(16, name=f"tag_addr{k}") for k in range(1, depth + 1)]
-        tag_mask = [Signal(L, name="tag_mask_in")] + [Signal(L, name=f"tag_mask{k}") for k in range(1, depth + 1)]
+        stages = range(1, depth + 1)
+        tag_valid = [lane_cycle] + [Signal(name=f"tag_valid{k}") for k in stages]
+        tag_last = [Signal(name="tag_last0")] + [Signal(name=f"tag_last{k}") for k in stages]
+        tag_addr = [Signal(16, name="tag_addr0")] + [Signal(16, name=f"tag_addr{k}") for k in stages]
+        tag_mask = [Signal(L, name="tag_mask0")] + [Signal(L, name=f"tag_mask{k}") for k in stages]
         flush = Signal()           # a new pass: lanes left from the last one are dropped
         for k in range(1, depth + 1):
             m.d.sync += [tag_valid[k].eq(tag_valid[k - 1] & ~flush), tag_last[k].eq(tag_last[k - 1]),
@@ -277,7 +292,8 @@ class VectorUnit(wiring.Component):
                     m.d.comb += [rq_in.eq(rqx1), rq_m.eq(rqm1)]
             if has("mul"):
                 qa1, qb1, p2 = s("qa1", signed(8)), s("qb1", signed(8)), s("p2", signed(16))
-                m.d.sync += [qa1.eq(sp0_lane[l]), qb1.eq(sp1_lane[l]), p2.eq(qa1 * qb1)]
+                # 8x8 in LUTs: too small to spend a DSP multiplier on.
+                m.d.sync += [qa1.eq(sp0_lane[l]), qb1.eq(sp1_lane[l]), p2.eq(lut_mul(qa1, qb1))]
                 with m.If(is_kind("mul")):
                     m.d.comb += rq_in.eq(p2)
             if has("gelu"):
@@ -312,8 +328,19 @@ class VectorUnit(wiring.Component):
                 mp4 = s("ln_mp4", signed(50))
                 m.d.sync += mp4.eq(v3 * Mux(is_kind("layernorm_var"), v3, inv.as_signed()))
                 red_sum_v.append(Mux(tag_mask[4][l], mp4, 0))
-                pg5 = s("ln_pg5", signed(64))
-                m.d.sync += pg5.eq(mp4[16:48].as_signed() * G[4])
+                # z * G on one 32 x 18 multiplier: whichever factor fits 18 bits takes the
+                # narrow side; when neither does, |z * G| >= 2**34 saturates whatever beta is.
+                z4 = mp4[16:48].as_signed()
+                g_narrow, z_narrow = fits(G[4], 18), fits(z4, 18)
+                wide = s("ln_wide", signed(32))
+                narrow = s("ln_narrow", signed(18))
+                m.d.comb += [wide.eq(Mux(g_narrow, z4, G[4])),
+                             narrow.eq(Mux(g_narrow, G[4][:18], z4[:18]))]
+                pg5 = s("ln_pg5", signed(51))
+                with m.If(g_narrow | z_narrow):
+                    m.d.sync += pg5.eq(wide * narrow)
+                with m.Else():
+                    m.d.sync += pg5.eq(Mux(z4[31] ^ G[4][31], -(1 << 40), 1 << 40))
                 w6 = s("ln_w6", signed(32))
                 m.d.sync += w6.eq(_sat(pg5 + Bt[5], 32))
                 with m.If(is_kind("layernorm_out")):

@@ -457,9 +457,18 @@ def test_layernorm_sqrt_and_mean_edges():
     mems.acc[0:2] = -5                           # constant: var 0
     mems.acc[2:4] = torch.tensor([I32_MIN, I32_MAX] * 8).view(2, 8)
     mems.acc[4:6] = -torch.arange(16).view(2, 8) * 1_000_003 - 7   # negative mean, not exact
+    # One outlier in 40: z = 6.2 * 2**15 is wider than 18 bits, so z * G takes each
+    # branch (G narrow, G wide: saturated) with the full-range gammas at row 10.
+    mems.acc[20:25] = 3
+    mems.acc[22, 5] = 30_000
+    mems.acc[15:20] = torch.randint(-1000, 1000, (5, 8), generator=gen)   # beta of n = 40
     jobs = [{"ins": vec(VecOp.LAYERNORM, addr0=a, addr1=10, addr2=30, count0=n, count1=sh,
                         mult=7000, shift=22)}
-            for a, n, sh in [(0, 16, 0), (2, 16, 31), (2, 13, 0), (4, 16, 3), (4, 11, 17)]]
+            for a, n, sh in [(0, 16, 0), (2, 16, 31), (2, 13, 0), (4, 16, 3), (4, 11, 17),
+                             (20, 40, 0), (20, 40, 5)]]
+    # int32 results in full: mult / 2**shift = 2**-25 keeps saturated sums inside int8.
+    jobs.append({"ins": vec(VecOp.LAYERNORM, addr0=20, addr1=10, addr2=30, count0=40,
+                            mult=1, shift=25)})
     check_ops(g, mems, jobs)
 
 
