@@ -2,8 +2,12 @@
 
 Prints the figures docs/models.md records for a trained supernet:
 
-* the perplexity of the largest and smallest subnets on the validation and
-  test splits (whole splits);
+* the perplexity of the largest and smallest subnets, and of the largest
+  uniform subnet whose int8 weights fit ``--weight-kib`` (300 KiB: the
+  ECP5-85F), on the validation and test splits (whole splits);
+* the FFN update counts per variant per layer the training recorded;
+* seconds per ``Scorer.score`` call (32,768 stratified validation
+  characters), cold and from the disk cache;
 * the time ``evaluate(supernet, subnet, corpus)`` takes per subnet (its
   default 32,768 validation characters) over random subnets, with each
   subnet's perplexity, parameters and MACs per token;
@@ -20,6 +24,7 @@ import math
 import pathlib
 import random
 import statistics
+import tempfile
 import time
 
 import torch
@@ -27,6 +32,7 @@ import torch.nn.functional as F
 
 from search.model import count_macs, count_params, evaluate, load_corpus, load_supernet, nll
 from search.model.data import random_batch
+from search.model.score import Scorer
 
 
 def main(argv=None):
@@ -35,6 +41,8 @@ def main(argv=None):
     parser.add_argument("--subnets", type=int, default=8, help="random subnets to time")
     parser.add_argument("--train-steps", type=int, default=5, help="sandwich steps to time (0 = skip)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--weight-kib", type=float, default=300.0,
+                        help="int8 weight budget of the 'fits' subnet (300 KiB: the ECP5-85F)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     net, space, tokenizer = load_supernet(args.checkpoint)
@@ -45,8 +53,13 @@ def main(argv=None):
     print(f"checkpoint {args.checkpoint}: step {manifest.get('results', {}).get('step')}, "
           f"{torch.get_num_threads()} thread(s); unigram valid ppl {corpus.unigram_perplexity():.2f}")
 
-    for name in ("largest", "smallest"):
-        sub = getattr(space, name)()
+    results = manifest.get("results", {})
+    if "ffn_updates" in results:
+        print("FFN updates (steps with a gradient) per layer: " + "; ".join(
+            f"{v} {','.join(map(str, c))}" for v, c in results["ffn_updates"].items())
+            + "; max/min per layer " + ", ".join(f"{r:.2f}" for r in results["ffn_update_ratio"]))
+    fits = space.largest_within(int(args.weight_kib * 1024))
+    for name, sub in (("largest", space.largest()), ("smallest", space.smallest()), ("fits", fits)):
         for split in ("valid", "test"):
             t0 = time.perf_counter()
             loss = nll(net, sub, corpus.split(split))
@@ -66,6 +79,14 @@ def main(argv=None):
     if times:
         print(f"evaluate(): median {statistics.median(times):.2f} s per subnet "
               f"(32,768 chars), max {max(times):.2f} s")
+        with tempfile.TemporaryDirectory() as cache:
+            rng = random.Random(0)
+            subs = [space.sample(rng) for _ in range(args.subnets)]
+            scorer = Scorer(net, corpus, tokens=32768, cache_dir=cache)
+            cold = [scorer.score(s).seconds for s in subs]
+            warm = [Scorer(net, corpus, tokens=32768, cache_dir=cache).score(s).seconds for s in subs]
+        print(f"Scorer.score(): cold median {statistics.median(cold):.2f} s (max {max(cold):.2f}), "
+              f"cached median {statistics.median(warm) * 1e3:.2f} ms (max {max(warm) * 1e3:.2f})")
 
     if args.train_steps:
         net.train()

@@ -215,6 +215,25 @@ class SearchSpace:
         (None) the FFN variant with the fewest MACs."""
         return self._extreme(lambda xs, key=None: min(xs, key=key), variant)
 
+    def largest_within(self, max_params: int) -> SubnetConfig | None:
+        """The uniform subnet (every layer alike) with the most parameters, then
+        MACs, of at most ``max_params`` parameters; None when none fits. E.g.
+        the largest that fits a board: ``max_params = weight_kib * 1024`` for
+        int8 weights."""
+        best, best_cost = None, None
+        for layers in self.layers:
+            for d in self.d_model:
+                for h in self.heads:
+                    for f in self.ffn_dim:
+                        for v in self.ffn_variants:
+                            for r in (self.lowrank_rank if v == "lowrank" else (0,)):
+                                cfg = self.subnet(d_model=d, heads=(h,) * layers, ffn_dims=(f,) * layers,
+                                                  ffn_variants=(v,) * layers, lowrank_rank=r)
+                                cost = (count_params(cfg), count_macs(cfg, self.context_len))
+                                if cost[0] <= max_params and (best_cost is None or cost > best_cost):
+                                    best, best_cost = cfg, cost
+        return best
+
     def sample(self, rng: random.Random, *, layers: int | None = None,
                ffn_variants: typing.Sequence[str] | None = None) -> SubnetConfig:
         """A subnet with every choice drawn uniformly (layers, then per-layer choices).

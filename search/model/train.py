@@ -39,10 +39,12 @@ from .space import SearchSpace, count_params
 from .transformer import Supernet
 from gen.provenance import git_commit
 
-__all__ = ["train_supernet", "load_supernet", "export_weights", "VariantDecks", "step_subnets",
+__all__ = ["train_supernet", "load_supernet", "export_weights", "CI_SUPERNET", "VariantDecks", "step_subnets",
            "update_ratios", "resolve_device", "main", "CHECKPOINT", "MANIFEST"]
 
 CHECKPOINT = "checkpoint.pt"
+#: The CI-sized supernet shipped in the repository (configs/supernet_ci.toml).
+CI_SUPERNET = pathlib.Path(__file__).resolve().parent / "data" / "supernet_ci"
 MANIFEST = "manifest.json"
 METRICS = "metrics.jsonl"
 REPO = pathlib.Path(__file__).resolve().parents[2]

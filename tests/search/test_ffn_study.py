@@ -43,3 +43,18 @@ def test_study_writes_a_table(shakespeare, tmp_path):
     # A rerun finds every variant done and only rebuilds the table.
     again = run_study(study_run(tmp_path, variants), tmp_path, corpus=shakespeare, quiet=True)
     assert [r["valid_ppl"] for r in again] == [r["valid_ppl"] for r in rows]
+
+
+def test_study_over_seeds_gives_mean_and_std(shakespeare, tmp_path):
+    from dataclasses import replace
+    run = study_run(tmp_path, ["standard", "none"])
+    run = replace(run, study=replace(run.study, seeds=(0, 1)), train=replace(run.train, steps=2))
+    rows = run_study(run, tmp_path, corpus=shakespeare, quiet=True)
+    for r in rows:
+        a, b = r["valid_ppl_seeds"]
+        assert a != b and r["valid_ppl"] == (a + b) / 2
+        assert abs(r["valid_ppl_std"] - abs(a - b) / 2 ** 0.5) < 1e-9
+    deltas = [n - s for n, s in zip(rows[1]["valid_ppl_seeds"], rows[0]["valid_ppl_seeds"])]
+    assert abs(rows[1]["delta_ppl"] - sum(deltas) / 2) < 1e-9 and rows[0]["delta_ppl_std"] == 0
+    assert (tmp_path / "seed1" / "none" / "checkpoint.pt").exists()
+    assert " ± " in (tmp_path / "table.md").read_text()
