@@ -173,6 +173,8 @@ class VecOp(py_enum.IntEnum):
     ARGMAX = 7    # TOK[POS+1] = first index of the max of acc[addr0] over n
     COPY_ACC = 8  # acc rows addr2+r = acc rows addr0+r, r < count0
     COPY_SP = 9   # sp rows addr1 + r*count1 (+POS) = sp rows addr0+r, r < count0
+                  # (COPY_*: source and destination rows must not overlap; if they do,
+                  # the result is undefined: the RTL reads a row before the last write lands)
     PUT_COL = 10  # sp[addr1 + (POS // cols)*n + i] lane POS % cols = element i of sp vector addr0
 
 
