@@ -29,6 +29,10 @@ SUBNETS = {
                          ffn_variants=("glu", "lowrank"), lowrank_rank=16), 11, 1500),
     "shared_none": (dict(context_len=64, d_model=64, head_dim=32, heads=(2, 2, 2),
                          ffn_dims=(128, 0, 128), ffn_variants=("shared", "none", "shared")), 12, 1500),
+    "all_variants": (dict(context_len=64, d_model=64, head_dim=32, heads=(2, 2, 2, 2, 2, 2),
+                          ffn_dims=(128, 128, 128, 0, 128, 128),
+                          ffn_variants=("standard", "shared", "lowrank", "none", "glu", "shared"),
+                          lowrank_rank=16), 13, 1500),
 }
 
 
@@ -48,18 +52,81 @@ def _train_or_load(name, fields, seed, steps, corpus, log):
     return model
 
 
+def unit_errors(qm_path=None) -> list[tuple[str, str, float]]:
+    """Max |Δ| of the integer GELU, softmax and LayerNorm against float torch.
+
+    GELU: every int8 input at the shipped model's calibrated GELU input scale
+    (or 0.05), error in float units. Softmax: 2000 rows of 64 scores (normal,
+    std 3 in float units, random causal lengths), error in probability.
+    LayerNorm: 2000 rows of d=64 (normal, mean 1, std 3, residual scale
+    2**-20), gamma ~ 1 + 0.3 N, beta ~ 0.2 N, error in output float units
+    (for outputs up to ~|6|, the int8 step is shown beside it)."""
+    from firmware.quantize import mult_shift
+    from firmware.reference import igelu, ilayernorm, isoftmax
+    rows = []
+    s_u, qm = 0.05, None
+    if qm_path is not None and pathlib.Path(qm_path).exists():
+        from firmware.model import QuantizedModel
+        qm = QuantizedModel.load(qm_path)
+        s_u = qm.scales["layers.0.ffn.up.out"]
+    s = s_u / math.sqrt(2)
+    B, C = math.floor(-1.769 / s), math.floor(1 / (0.2888 * s * s))
+    q = torch.arange(-128, 128)
+    want = F.gelu(q.double() * s_u)
+    s_g = want.abs().max().item() / 127
+    m, sh = mult_shift(s_u * 0.2888 * s * s / 2 / s_g)
+    got = igelu(q, B, C, C, m, sh).double() * s_g
+    # Before the output requantization: the polynomial alone.
+    a = q.abs().clamp(max=-B)
+    y = torch.sign(q) * (C - (a + B) ** 2)
+    poly = (q * (y + C)).double() * s_u * 0.2888 * s * s / 2
+    rows.append(("i-GELU (int8 out)", f"input scale {s_u:.4f}, output step {s_g:.4f}",
+                 (got - want).abs().max().item()))
+    rows.append(("i-GELU (before REQ)", f"input scale {s_u:.4f}", (poly - want).abs().max().item()))
+    gen = torch.Generator().manual_seed(0)
+    scale = 0.01
+    m, sh = mult_shift(scale * 2 ** 10)
+    x = (torch.randn(2000, 64, generator=gen) * 300).round().long()
+    valid = torch.arange(64)[None] < torch.randint(1, 65, (2000, 1), generator=gen)
+    got = isoftmax(x, valid, m, sh).double() / 128
+    want = torch.softmax((x.double() * scale).masked_fill(~valid, float("-inf")), -1)
+    rows.append(("i-softmax", "probabilities at 2**-7", (got - want).abs().max().item()))
+    d = 64
+    xf = torch.randn(2000, d, generator=gen, dtype=torch.float64) * 3 + 1
+    xi = (xf * 2 ** 20).round().long()
+    gamma = 1 + 0.3 * torch.randn(d, generator=gen, dtype=torch.float64)
+    beta = 0.2 * torch.randn(d, generator=gen, dtype=torch.float64)
+    g = math.floor(math.log2(2047 / gamma.abs().max()))
+    G, Bt = (gamma * 2 ** g).round().long(), (beta * 2 ** (15 + g)).round().long()
+    dev = (xi - xi.double().mean(-1, keepdim=True)).abs().max().item()
+    SH = max(0, math.ceil(math.log2(dev / 16383)))
+    want = F.layer_norm(xf, (d,), gamma, beta, eps=0.0)
+    s_out = want.abs().max().item() / 127
+    m, sh = mult_shift(2.0 ** -(15 + g) / s_out)
+    got = ilayernorm(xi, G, Bt, SH, m, sh).double() * s_out
+    rows.append(("i-LayerNorm", f"output step {s_out:.4f}", (got - want).abs().max().item()))
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.int_vs_float", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=32768, help="validation tokens scored")
     ap.add_argument("--only", nargs="*", help="subnet names (default: all, and the shipped model)")
     ap.add_argument("--train-only", action="store_true")
+    ap.add_argument("--units", action="store_true", help="only the integer functions' errors")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     from search.model.data import load_shakespeare, eval_windows
     from search.model.export import export
     from search.model.train_shipped import calibration_tokens, load_checkpoint, DATA
+    if args.units:
+        print("| function | setting | max abs error |")
+        print("|---|---|---|")
+        for name, setting, err in unit_errors(DATA / "shakespeare_l2d64.npz"):
+            print(f"| {name} | {setting} | {err:.4f} |")
+        return 0
     corpus = load_shakespeare()
     log = lambda s: print(s, file=sys.stderr, flush=True)
     models = {}

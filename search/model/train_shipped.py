@@ -24,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .data import CharTokenizer, load_shakespeare, random_batch
+from .data import CharTokenizer, eval_windows, load_shakespeare, random_batch
 from .export import export
 from .perplexity import nll
 from .space import SubnetConfig
@@ -107,6 +107,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=SHIPPED_STEPS)
     ap.add_argument("--out", default=str(DATA / "shakespeare_l2d64"),
                     help="output path without extension (.npz and .pt are written)")
+    ap.add_argument("--retrain", action="store_true",
+                    help="train even when OUT.pt holds a model of the same seed and steps")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: the recorded result; more may change the last bits)")
     args = ap.parse_args(argv)
@@ -114,11 +116,20 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     corpus = load_shakespeare()
     cfg = SubnetConfig(vocab_size=corpus.tokenizer.vocab_size, **SHIPPED)
-    print(f"training {cfg.short()} seed {args.seed}, {args.steps} steps", flush=True)
-    model = train_transformer(cfg, corpus, steps=args.steps, seed=args.seed)
-    ppl = math.exp(nll(model, None, corpus.valid, max_tokens=32768))
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    model = None
+    if out.with_suffix(".pt").exists() and not args.retrain:
+        model, _, info = load_checkpoint(out.with_suffix(".pt"))
+        if (info.get("seed"), info.get("steps"), model.cfg) != (args.seed, args.steps, cfg):
+            model = None
+        else:
+            print(f"reusing {out.with_suffix('.pt')} (seed {args.seed}, {args.steps} steps; "
+                  f"--retrain trains it again)", flush=True)
+    if model is None:
+        print(f"training {cfg.short()} seed {args.seed}, {args.steps} steps", flush=True)
+        model = train_transformer(cfg, corpus, steps=args.steps, seed=args.seed)
+    ppl = math.exp(nll(model, None, corpus.valid, max_tokens=32768))
     command = "python -m search.model.train_shipped" + (f" --seed {args.seed}" if args.seed != SHIPPED_SEED else "") \
         + (f" --steps {args.steps}" if args.steps != SHIPPED_STEPS else "")
     save_checkpoint(out.with_suffix(".pt"), model, corpus.tokenizer, seed=args.seed, steps=args.steps,
@@ -128,7 +139,11 @@ def main(argv=None) -> int:
                   meta={"chars": corpus.tokenizer.chars, "seed": args.seed, "steps": args.steps,
                         "command": command, "float_valid_ppl": ppl})
     qm.save(out.with_suffix(".npz"))
-    print(f"float validation perplexity {ppl:.3f} (32768 tokens)")
+    from firmware.reference import IntegerTransformer
+    x, y = eval_windows(corpus.valid, cfg.context_len, 32768)
+    int_ppl = math.exp(IntegerTransformer.load(out.with_suffix(".npz")).nll(x, y))
+    print(f"validation perplexity (32768 tokens): float {ppl:.3f}, integer {int_ppl:.3f} "
+          f"({100 * (int_ppl / ppl - 1):+.2f}%)")
     print(f"wrote {out.with_suffix('.npz')} ({out.with_suffix('.npz').stat().st_size} bytes), "
           f"{out.with_suffix('.pt')}; weights {desc.weight_bytes()} B int8, "
           f"{desc.const_bytes()} B int32 constants, KV cache {desc.kv_cache_bytes()} B")
