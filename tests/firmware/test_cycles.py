@@ -115,9 +115,15 @@ def random_vec(g, rnd, op=None):
     count1 = {VecOp.SOFTMAX: rnd.randint(0, 2 * g.cols), VecOp.LAYERNORM: rnd.randrange(32),
               VecOp.EMBED: rnd.randrange(4), VecOp.COPY_SP: rnd.randrange(3)}.get(op, 0)
     half = min(g.sp_depth, g.acc_depth) // 2
-    return Instruction(Opcode.VEC, tag=op, flags=flags, count0=rnd.randint(0, 2 * g.cols),
-                       count1=count1, addr0=rnd.randrange(half), addr1=rnd.randrange(half),
-                       addr2=rnd.randrange(half), mult=rnd.randrange(1 << 16),
+    n = rnd.randint(0, 2 * g.cols)
+    addr = [rnd.randrange(half) for _ in range(3)]
+    if op in (VecOp.COPY_ACC, VecOp.COPY_SP):
+        # Overlapping copies are undefined (rtl/isa.py): the destination goes above the
+        # source, past any POS offset.
+        dst = 1 if op == VecOp.COPY_SP else 2
+        addr[dst] = addr[0] + n + rnd.randrange(half // 2)
+    return Instruction(Opcode.VEC, tag=op, flags=flags, count0=n, count1=count1,
+                       addr0=addr[0], addr1=addr[1], addr2=addr[2], mult=rnd.randrange(1 << 16),
                        shift=rnd.randrange(32))
 
 

@@ -15,6 +15,7 @@ from firmware.compiler import compile_matmul
 from firmware.cycles import cycle_report
 from firmware.runtime import scale_to_mult_shift
 from tests import golden
+from rtl.isa import UNITS, VecOp
 from tests.firmware.test_cycles import random_v1_stream, check_v1_stream
 
 
@@ -98,13 +99,17 @@ def with_accelerator(path, **fields):
     return dataclasses.replace(config, accelerator=dataclasses.replace(config.accelerator, **fields))
 
 
-@pytest.mark.parametrize("path", ["tests/configs/test_2x2_ws.toml", "tests/configs/test_4x4_os.toml"])
-def test_random_v1_programs_match_interpreter_and_cycle_model(path):
-    """Random streams over every ISA v1 instruction (programs, RUNs, errors, RESET) on the
-    fastest backend: replies as the ISA interpreter's, cycles as the model's."""
-    config = with_accelerator(path, program_kib=0.5, tokens=12)
+@pytest.mark.parametrize("path,units", [("tests/configs/test_2x2_ws.toml", ()),
+                                        ("tests/configs/test_4x4_os.toml", ()),
+                                        ("tests/configs/test_2x2_ws.toml", UNITS)])
+def test_random_v1_programs_match_interpreter_and_cycle_model(path, units):
+    """Random streams over every ISA v1 instruction (programs, RUNs, VECs, errors, RESET) on
+    the fastest backend: replies as the ISA interpreter's, cycles as the model's."""
+    config = with_accelerator(path, program_kib=0.5, tokens=12, units=units)
     g = config.accelerator.geometry
     backend = backend_or_skip(sim.default_backend(), config)
     for seed in range(12):
         fault = [None, None, "host", "program"][seed % 4]
-        check_v1_stream(g, random_v1_stream(g, 100 + seed, runs=3, fault=fault), backend.run)
+        steps = random_v1_stream(g, 100 + seed, runs=3, fault=fault,
+                                 vec_ops=list(VecOp) if units else ())
+        check_v1_stream(g, steps, backend.run)
