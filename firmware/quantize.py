@@ -198,9 +198,13 @@ def quantize(desc: ModelDesc, state: dict, calibration_tokens, *, percentile: fl
     """
     state = {k: v.detach().to("cpu", torch.float32) for k, v in state.items()}
     specs = tensor_specs(desc)
-    for name, spec in specs.items():
-        if name.endswith(".weight") and name not in state:
-            raise ValueError(f"the float state has no {name}")
+    needed = ["wte", "wpe"] + [f"{p}.{n}" for p in desc.layernorms() for n in ("weight", "bias")]
+    for p, _, _, has_bias, _ in desc.linears():
+        needed += [f"{p}.weight"] + ([f"{p}.bias"] if has_bias else [])
+    missing = [n for n in needed if n not in state]
+    if missing:
+        raise ValueError(f"the float state has no {', '.join(missing[:4])}"
+                         + (f" and {len(missing) - 4} more" if len(missing) > 4 else ""))
     tokens = torch.as_tensor(calibration_tokens, dtype=torch.long).flatten()
     T = desc.context_len
     if len(tokens) < 1:
