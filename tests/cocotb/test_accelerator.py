@@ -125,12 +125,13 @@ def test_accelerator_replies_match_torch(path, tmp_path):
 
 
 def v1_cases(g):
-    """Streams over every ISA v1 instruction a config without vector units runs: LOAD_ACC,
-    LOAD_PROG, RUNs through BRANCH/EMIT/HALT, SETP, STATUS, RESET, an illegal instruction
-    on the host stream and one in a program; expected replies from the ISA interpreter."""
+    """Streams over every ISA v1 instruction: LOAD_ACC, LOAD_PROG, RUNs through
+    BRANCH/EMIT/HALT, SETP, STATUS, RESET, every VecOp (when the config has the units), an
+    illegal instruction on the host stream and one in a program; expected replies from the
+    ISA interpreter."""
     from firmware.functional import FunctionalBackend
     from firmware.program import reply_bytes
-    from rtl.isa import Instruction, Opcode, encode
+    from rtl.isa import Instruction, Opcode, VecOp, encode
     from tests.firmware.test_cycles import random_v1_stream
 
     # The cases run one after another in one simulation, where a reset clears the registers
@@ -138,7 +139,7 @@ def v1_cases(g):
     interpreter = FunctionalBackend(g)
     cases = []
     for seed, fault in [(1, None), (2, "host"), (3, "program")]:
-        steps = random_v1_stream(g, seed, fault=fault)
+        steps = random_v1_stream(g, seed, fault=fault, vec_ops=list(VecOp) if g.units else ())
         stream = b"".join(encode(i) + p for i, p in steps)
         n_reply = sum(reply_bytes(g, i) for i, _ in steps)
         cases.append((f"ISA v1, fault {fault}", stream, interpreter.run(stream, n_reply)[0]))
@@ -146,14 +147,17 @@ def v1_cases(g):
     return cases
 
 
-@pytest.mark.parametrize("path", ["tests/configs/test_2x2_ws.toml", "tests/configs/test_4x4_os.toml"])
-def test_v1_instructions_match_interpreter_and_cycle_model(path, tmp_path):
+@pytest.mark.parametrize("path,units", [("tests/configs/test_2x2_ws.toml", False),
+                                        ("tests/configs/test_4x4_os.toml", False),
+                                        ("tests/configs/test_2x2_ws.toml", True)])
+def test_v1_instructions_match_interpreter_and_cycle_model(path, units, tmp_path):
     import dataclasses
     from firmware.cycles import cycle_report
+    from rtl.isa import UNITS
 
     config = load_config(REPO / path)
     config = dataclasses.replace(config, accelerator=dataclasses.replace(
-        config.accelerator, program_kib=0.5, tokens=12))
+        config.accelerator, program_kib=0.5, tokens=12, units=UNITS if units else ()))
     g = config.accelerator.geometry
     cases = v1_cases(g)
     for (name, stream, _), got in zip(cases, run_cocotb(config, cases, tmp_path)):
