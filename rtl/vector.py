@@ -221,27 +221,28 @@ class VectorUnit(wiring.Component):
         stages = range(1, depth + 1)
         tag_valid = [lane_cycle] + [Signal(name=f"tag_valid{k}") for k in stages]
         tag_last = [Signal(name="tag_last0")] + [Signal(name=f"tag_last{k}") for k in stages]
-        tag_addr = [Signal(16, name="tag_addr0")] + [Signal(16, name=f"tag_addr{k}") for k in stages]
         tag_mask = [Signal(L, name="tag_mask0")] + [Signal(L, name=f"tag_mask{k}") for k in stages]
         flush = Signal()           # a new pass: lanes left from the last one are dropped
         for k in range(1, depth + 1):
             m.d.sync += [tag_valid[k].eq(tag_valid[k - 1] & ~flush), tag_last[k].eq(tag_last[k - 1]),
-                         tag_addr[k].eq(tag_addr[k - 1]), tag_mask[k].eq(tag_mask[k - 1])]
+                         tag_mask[k].eq(tag_mask[k - 1])]
         m.d.comb += tag_last[0].eq(step == S - 1)
         m.d.comb += [tag_mask[0][l].eq(eidx + l < mlimit) for l in range(L)]
+        # Rows are written in order: a counter gives the write address.
+        wrow = Signal(16)
         wbase = Mux(is_kind("add"), ins.addr0, ins.addr2)
-        m.d.comb += tag_addr[0].eq(wbase + row)
         eidx1 = Signal(18)
         m.d.sync += eidx1.eq(eidx)
 
         tap_valid, tap_last = Signal(), Signal()
-        tap_addr, tap_mask = Signal(16), Signal(L)
+        tap_mask = Signal(L)
+        tap_addr = wbase + wrow
         with m.Switch(kind):
             for k in kinds:
                 with m.Case(kind_id[k]):
                     d = VEC_DRAIN[k]
                     m.d.comb += [tap_valid.eq(tag_valid[d]), tap_last.eq(tag_last[d]),
-                                 tap_addr.eq(tag_addr[d]), tap_mask.eq(tag_mask[d])]
+                                 tap_mask.eq(tag_mask[d])]
 
         def delay(value, stages, name):
             """[value, value 1 cycle later, ...]: registers for stages 1..stages."""
@@ -435,6 +436,9 @@ class VectorUnit(wiring.Component):
                     m.d.comb += [self.acc_w_en.eq(1), self.acc_w_addr.eq(tap_addr),
                                  self.acc_w_data.eq(row32)]
 
+        with m.If(tap_valid & tap_last):
+            m.d.sync += wrow.eq(wrow + 1)
+
         # ---------------------------------------------------- serial arithmetic
         # Restoring division, one quotient bit a cycle; the quotient is known to
         # be below 2**steps, so the remainder starts as num >> steps.
@@ -479,7 +483,7 @@ class VectorUnit(wiring.Component):
                 m.next = "IDLE"
                 return
             m.d.comb += flush.eq(1)
-            m.d.sync += [kind.eq(kind_id[name]), row.eq(0), eidx.eq(0), rd.eq(0),
+            m.d.sync += [kind.eq(kind_id[name]), row.eq(0), eidx.eq(0), rd.eq(0), wrow.eq(0),
                          rlimit.eq(limit), mlimit.eq(masklimit)]
             if S > 1:
                 m.d.sync += step.eq(0)
@@ -647,85 +651,88 @@ class VectorUnit(wiring.Component):
                                     m.next = "IDLE"
 
             # ---------------------------------------------------- serial phases
-            with m.State("DIV_LOAD"):
-                steps_of = {DIV_SOFTMAX: VEC_DIV_STEPS["softmax"], DIV_MEAN: VEC_DIV_STEPS["mean"],
-                            DIV_VAR: VEC_DIV_STEPS["var"], DIV_INV: VEC_DIV_STEPS["inv"]}
-                with m.Switch(div_sel):
-                    with m.Case(DIV_SOFTMAX):
-                        q = steps_of[DIV_SOFTMAX]
-                        m.d.sync += [d_rem.eq((1 << 40) >> q), d_bits.eq(0), d_den.eq(sum_e)]
-                    with m.Case(DIV_MEAN):
-                        q = steps_of[DIV_MEAN]
-                        neg = sum_x < 0
-                        num = Mux(neg, -sum_x + n16 - 1, sum_x)[:50]
-                        m.d.sync += [d_rem.eq(num >> q), d_bits.eq(num[:q] << (32 - q)),
-                                     d_den.eq(n16), d_neg.eq(neg)]
-                    with m.Case(DIV_VAR):
-                        q = steps_of[DIV_VAR]
-                        m.d.sync += [d_rem.eq(sum_v >> q), d_bits.eq(sum_v[:q] << (32 - q)),
-                                     d_den.eq(n16)]
-                    with m.Case(DIV_INV):
-                        q = steps_of[DIV_INV]
-                        m.d.sync += [d_rem.eq((1 << 31) >> q), d_bits.eq(((1 << 31) & ((1 << q) - 1)) << (32 - q)),
-                                     d_den.eq(std)]
-                m.d.sync += [d_cnt.eq(Array([C(steps_of[i] - 1, 6) for i in range(4)])[div_sel]),
-                             d_q.eq(0)]
-                m.next = "DIV"
-            with m.State("DIV"):
-                rem2 = Cat(d_bits[31], d_rem)
-                ge = rem2 >= d_den
-                q_next = Cat(ge, d_q[:31])
-                m.d.sync += [d_rem.eq(Mux(ge, rem2 - d_den, rem2)), d_q.eq(q_next),
-                             d_bits.eq(d_bits << 1), d_cnt.eq(d_cnt - 1)]
-                with m.If(d_cnt == 0):
+            if "softmax" in units or "layernorm" in units:
+                with m.State("DIV_LOAD"):
+                    steps_of = {DIV_SOFTMAX: VEC_DIV_STEPS["softmax"], DIV_MEAN: VEC_DIV_STEPS["mean"],
+                                DIV_VAR: VEC_DIV_STEPS["var"], DIV_INV: VEC_DIV_STEPS["inv"]}
                     with m.Switch(div_sel):
                         with m.Case(DIV_SOFTMAX):
-                            m.d.sync += f.eq(q_next[:VEC_DIV_STEPS["softmax"]])
-                            enter_pass("softmax_out", Mux(n_valid > ins.count1, n_valid, ins.count1),
-                                       n_valid)
+                            q = steps_of[DIV_SOFTMAX]
+                            m.d.sync += [d_rem.eq((1 << 40) >> q), d_bits.eq(0), d_den.eq(sum_e)]
                         with m.Case(DIV_MEAN):
-                            m.d.sync += mean.eq(Mux(d_neg, -q_next, q_next))
-                            enter_pass("layernorm_var", n_valid, n_valid)
+                            q = steps_of[DIV_MEAN]
+                            neg = sum_x < 0
+                            num = Mux(neg, -sum_x + n16 - 1, sum_x)[:50]
+                            m.d.sync += [d_rem.eq(num >> q), d_bits.eq(num[:q] << (32 - q)),
+                                         d_den.eq(n16), d_neg.eq(neg)]
                         with m.Case(DIV_VAR):
-                            m.d.sync += [sq_op.eq(q_next), sq_res.eq(0), sq_one.eq(1 << 30),
-                                         sq_cnt.eq(VEC_SQRT_STEPS - 1)]
-                            m.next = "SQRT"
+                            q = steps_of[DIV_VAR]
+                            m.d.sync += [d_rem.eq(sum_v >> q), d_bits.eq(sum_v[:q] << (32 - q)),
+                                         d_den.eq(n16)]
                         with m.Case(DIV_INV):
-                            m.d.sync += inv.eq(q_next)
-                            enter_pass("layernorm_out", n_valid, n_valid)
-            with m.State("SQRT"):
-                # Digit by digit: res ends as floor(sqrt(var)); one bit a cycle.
-                trial = sq_res + sq_one
-                take = sq_op >= trial
-                res_next = Mux(take, (sq_res >> 1) + sq_one, sq_res >> 1)
-                m.d.sync += [sq_op.eq(Mux(take, sq_op - trial, sq_op)), sq_res.eq(res_next),
-                             sq_one.eq(sq_one >> 2), sq_cnt.eq(sq_cnt - 1)]
-                with m.If(sq_cnt == 0):
-                    m.d.sync += std.eq(Mux(res_next == 0, 1, res_next))
-                    enter_div(DIV_INV)
-            with m.State("TOKW"):
-                m.d.comb += [self.tok_we.eq(1), self.tok_wdata.eq(best_idx)]
-                m.next = "IDLE"
+                            q = steps_of[DIV_INV]
+                            m.d.sync += [d_rem.eq((1 << 31) >> q), d_bits.eq(((1 << 31) & ((1 << q) - 1)) << (32 - q)),
+                                         d_den.eq(std)]
+                    m.d.sync += [d_cnt.eq(Array([C(steps_of[i] - 1, 6) for i in range(4)])[div_sel]),
+                                 d_q.eq(0)]
+                    m.next = "DIV"
+                with m.State("DIV"):
+                    rem2 = Cat(d_bits[31], d_rem)
+                    ge = rem2 >= d_den
+                    q_next = Cat(ge, d_q[:31])
+                    m.d.sync += [d_rem.eq(Mux(ge, rem2 - d_den, rem2)), d_q.eq(q_next),
+                                 d_bits.eq(d_bits << 1), d_cnt.eq(d_cnt - 1)]
+                    with m.If(d_cnt == 0):
+                        with m.Switch(div_sel):
+                            with m.Case(DIV_SOFTMAX):
+                                m.d.sync += f.eq(q_next[:VEC_DIV_STEPS["softmax"]])
+                                enter_pass("softmax_out", Mux(n_valid > ins.count1, n_valid, ins.count1),
+                                           n_valid)
+                            with m.Case(DIV_MEAN):
+                                m.d.sync += mean.eq(Mux(d_neg, -q_next, q_next))
+                                enter_pass("layernorm_var", n_valid, n_valid)
+                            with m.Case(DIV_VAR):
+                                m.d.sync += [sq_op.eq(q_next), sq_res.eq(0), sq_one.eq(1 << 30),
+                                             sq_cnt.eq(VEC_SQRT_STEPS - 1)]
+                                m.next = "SQRT"
+                            with m.Case(DIV_INV):
+                                m.d.sync += inv.eq(q_next)
+                                enter_pass("layernorm_out", n_valid, n_valid)
+                with m.State("SQRT"):
+                    # Digit by digit: res ends as floor(sqrt(var)); one bit a cycle.
+                    trial = sq_res + sq_one
+                    take = sq_op >= trial
+                    res_next = Mux(take, (sq_res >> 1) + sq_one, sq_res >> 1)
+                    m.d.sync += [sq_op.eq(Mux(take, sq_op - trial, sq_op)), sq_res.eq(res_next),
+                                 sq_one.eq(sq_one >> 2), sq_cnt.eq(sq_cnt - 1)]
+                    with m.If(sq_cnt == 0):
+                        m.d.sync += std.eq(Mux(res_next == 0, 1, res_next))
+                        enter_div(DIV_INV)
+            if "argmax" in units:
+                with m.State("TOKW"):
+                    m.d.comb += [self.tok_we.eq(1), self.tok_wdata.eq(best_idx)]
+                    m.next = "IDLE"
 
             # ---------------------------------- EMBED, PUT_COL: one element a cycle
-            with m.State("ADDR"):
-                m.d.sync += a_cnt.eq(a_cnt + 1)
-                half_cycles = VEC_ADDR_SETUP_CYCLES // 2
-                with m.If(a_cnt < half_cycles):
-                    for bits, rem, quo in ((t_bits, t_rem, t_q), (p_bits, p_rem, p_q)):
-                        r2 = Cat(bits[15], rem)
-                        ge = r2 >= cols
-                        m.d.sync += [rem.eq(Mux(ge, r2 - cols, r2)), quo.eq(Cat(ge, quo[:15])),
-                                     bits.eq(bits << 1)]
-                with m.Else():
-                    for quo, off in ((t_q, t_off), (p_q, p_off)):
-                        m.d.sync += [off.eq(off + Mux(quo[0], n_sh, 0)), quo.eq(quo >> 1)]
-                    m.d.sync += n_sh.eq(n_sh << 1)
-                with m.If(a_cnt == VEC_ADDR_SETUP_CYCLES - 1):
-                    m.next = "EMBED" if "embed" in units else "IDLE"
-                    if "elementwise" in units:
-                        with m.If(ins.tag == VecOp.PUT_COL):
-                            m.next = "PUT"
+            if "embed" in units or "elementwise" in units:
+                with m.State("ADDR"):
+                    m.d.sync += a_cnt.eq(a_cnt + 1)
+                    half_cycles = VEC_ADDR_SETUP_CYCLES // 2
+                    with m.If(a_cnt < half_cycles):
+                        for bits, rem, quo in ((t_bits, t_rem, t_q), (p_bits, p_rem, p_q)):
+                            r2 = Cat(bits[15], rem)
+                            ge = r2 >= cols
+                            m.d.sync += [rem.eq(Mux(ge, r2 - cols, r2)), quo.eq(Cat(ge, quo[:15])),
+                                         bits.eq(bits << 1)]
+                    with m.Else():
+                        for quo, off in ((t_q, t_off), (p_q, p_off)):
+                            m.d.sync += [off.eq(off + Mux(quo[0], n_sh, 0)), quo.eq(quo >> 1)]
+                        m.d.sync += n_sh.eq(n_sh << 1)
+                    with m.If(a_cnt == VEC_ADDR_SETUP_CYCLES - 1):
+                        m.next = "EMBED" if "embed" in units else "IDLE"
+                        if "elementwise" in units:
+                            with m.If(ins.tag == VecOp.PUT_COL):
+                                m.next = "PUT"
             if "embed" in units:
                 with m.State("EMBED"):
                     m.d.sync += ei.eq(ei + 1)

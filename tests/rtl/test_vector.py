@@ -488,83 +488,143 @@ def _mult_shift(ratio):
 
 
 def test_realistic_data():
-    """Calibrated scales on synthetic Transformer activations (d_model = 24, 3 rows).
+    """Calibrated scales on synthetic Transformer activations, d_model = 64 (8 rows).
 
     * REQ: int32 GEMM outputs of int8 activations (N(0, 30)) and weights
       (N(0, 20)) over k = 64, scaled so that 4 sigma is 127.
     * ADD: a residual stream (N(0, 2**16)) plus a projection's output.
     * MUL: the GLU product of two int8 vectors (N(0, 40)), scaled to 4 sigma.
     * GELU: N(0, 1) pre-activations at input scale 4/127, output scale 4/127.
-    * SOFTMAX: scaled dot products q.k / sqrt(d) with N(0, 1.5) scores in
-      fixed point 2**-12 over 24 keys, causal by POS.
+    * SOFTMAX: scaled dot products with N(0, 1) scores in fixed point 2**-12
+      over 40 keys (count0 = 8 + POS = 32), causal by POS, padded to 64.
     * LAYERNORM: a residual row with two outlier channels (x 8), gamma around
       1.0 (2**8 fixed point), beta around 0 (N(0, 0.1) in the z*gamma scale),
       output at 4 sigma = 127.
-    At least half of each unit's outputs are neither 0 nor saturated.
+    * EMBED: int8 token and position tables (N(0, 30)), token scale 2**8 and
+      position scale 2**7 (the int32 residual stream's fixed point).
+    * ARGMAX: logits = the GEMM outputs (int32).
+    At least half of each unit's outputs are neither 0 nor saturated (ARGMAX
+    has one output: it must equal torch.argmax of the logits).
     """
-    g = Geometry(rows=4, cols=8, scratchpad_kib=1, accumulator_kib=2, units=UNITS)
+    g = Geometry(rows=4, cols=8, scratchpad_kib=2, accumulator_kib=2, units=UNITS)
     gen = torch.Generator().manual_seed(21)
-    d = 24
+    d, rows = 64, 8
     mems = random_memories(g, gen)
+    # Accumulator rows: gemm 0, resid 8, scores 16, ln 24, gamma 32, beta 40, embed out 48.
     a = (torch.randn(d, 64, generator=gen) * 30).round().clamp(-127, 127)
     w = (torch.randn(64, generator=gen) * 20).round().clamp(-127, 127)
     gemm = (a @ w).to(torch.int64)
-    mems.put_vec("acc", 0, gemm)                                   # rows 0..2
+    mems.put_vec("acc", 0, gemm)
     mult_req, shift_req = _mult_shift(127 / (4 * float(gemm.float().std())))
     resid = (torch.randn(d, generator=gen) * 2**16).round().to(torch.int64)
-    mems.put_vec("acc", 3, resid)                                  # rows 3..5
+    mems.put_vec("acc", 8, resid)
+    scores = (torch.randn(d, generator=gen) * 2**12).round().to(torch.int64)
+    mems.put_vec("acc", 16, scores)
+    ln = torch.randn(d, generator=gen) * 2**12
+    ln[3] *= 8
+    ln[17] *= -8
+    mems.put_vec("acc", 24, ln.round().to(torch.int64))
+    gamma = ((1 + 0.1 * torch.randn(d, generator=gen)) * 2**8).round().to(torch.int64)
+    beta = (0.1 * torch.randn(d, generator=gen) * 2**23).round().to(torch.int64)
+    mems.put_vec("acc", 32, gamma)
+    mems.put_vec("acc", 40, beta)
+    # z ~ N(0, 2**15) units, times gamma 2**8: 4 sigma of z * gamma is 4 * 2**23.
+    mult_ln, shift_ln = _mult_shift(127 / (4 * 2**23))
+    # Scratchpad rows: glu 0 and 8, gelu input 16, outputs 24..63, tables 64 and 128.
     glu = (torch.randn(2 * d, generator=gen) * 40).round().clamp(-127, 127).to(torch.int64)
     mems.put_vec("sp", 0, glu[:d])
-    mems.put_vec("sp", 3, glu[d:])
+    mems.put_vec("sp", 8, glu[d:])
     mult_mul, shift_mul = _mult_shift(127 / (4 * 40 * 40))
     s_in = 4 / 127
     x = torch.randn(d, generator=gen)
-    mems.put_vec("sp", 6, (x / s_in).round().clamp(-127, 127).to(torch.int64))
+    mems.put_vec("sp", 16, (x / s_in).round().clamp(-127, 127).to(torch.int64))
     s = s_in / math.sqrt(2)
     b = math.floor(-1.769 / s)
     c = one = math.floor(1 / (0.2888 * s * s))
     s_out = 4 / 127
     mult_gelu, shift_gelu = _mult_shift(s_in * 0.2888 * s * s / 2 / s_out)
-    scores = (torch.randn(d, generator=gen) * 1.5 * 2**12).round().to(torch.int64)
-    mems.put_vec("acc", 6, scores)                                 # rows 6..8, scale 2**-12
-    ln = torch.randn(d, generator=gen) * 2**12
-    ln[3] *= 8
-    ln[17] *= -8
-    mems.put_vec("acc", 9, ln.round().to(torch.int64))             # rows 9..11
-    gamma = ((1 + 0.1 * torch.randn(d, generator=gen)) * 2**8).round().to(torch.int64)
-    beta = (0.1 * torch.randn(d, generator=gen) * 2**23).round().to(torch.int64)
-    mems.put_vec("acc", 12, gamma)                                 # rows 12..14
-    mems.put_vec("acc", 15, beta)                                  # rows 15..17
-    # z ~ N(0, 2**15) units, times gamma 2**8: 4 sigma of z * gamma is 4 * 2**23.
-    mult_ln, shift_ln = _mult_shift(127 / (4 * 2**23))
+    mems.sp[64:192, :g.cols] = (torch.randn(128, g.cols, generator=gen) * 30).round().clamp(-127, 127)
     params = [b, c, one] + [0] * (NUM_PARAMS - 3)
     jobs = [
-        {"ins": vec(VecOp.REQ, addr0=0, addr2=20, count0=d, mult=mult_req, shift=shift_req)},
-        {"ins": vec(VecOp.ADD, addr0=3, addr1=0, count0=d, mult=60000, shift=10)},
-        {"ins": vec(VecOp.MUL, addr0=0, addr1=3, addr2=23, count0=d, mult=mult_mul, shift=shift_mul)},
-        {"ins": vec(VecOp.GELU, addr0=6, addr2=26, count0=d, mult=mult_gelu, shift=shift_gelu),
+        {"ins": vec(VecOp.REQ, addr0=0, addr2=24, count0=d, mult=mult_req, shift=shift_req)},
+        {"ins": vec(VecOp.ADD, addr0=8, addr1=0, count0=d, mult=60000, shift=10)},
+        {"ins": vec(VecOp.MUL, addr0=0, addr1=8, addr2=32, count0=d, mult=mult_mul, shift=shift_mul)},
+        {"ins": vec(VecOp.GELU, addr0=16, addr2=40, count0=d, mult=mult_gelu, shift=shift_gelu),
          "params": params},
         # 2**-12 to 2**-10: x / 4 = x * 1 >> 2.
-        {"ins": vec(VecOp.SOFTMAX, flags=Flags.POS, addr0=6, addr2=29, count0=8, count1=d,
-                    mult=1, shift=2), "pos": 9},
-        {"ins": vec(VecOp.LAYERNORM, addr0=9, addr1=12, addr2=32, count0=d, count1=4,
+        {"ins": vec(VecOp.SOFTMAX, flags=Flags.POS, addr0=16, addr2=48, count0=8, count1=d,
+                    mult=1, shift=2), "pos": 32},
+        {"ins": vec(VecOp.LAYERNORM, addr0=24, addr1=32, addr2=56, count0=d, count1=4,
                     mult=mult_ln, shift=shift_ln)},
+        {"ins": vec(VecOp.EMBED, addr0=64, addr1=128, addr2=48, count0=d, count1=1 << 7,
+                    mult=1 << 8), "pos": 5, "tok": 6},
+        {"ins": vec(VecOp.ARGMAX, addr0=0, count0=d), "pos": 3},
     ]
     got = check_ops(g, mems, jobs)
     outs = {
-        "REQ": got[0][0].vec("sp", 20, d),
-        "ADD": got[1][0].vec("acc", 3, d) - resid,     # the requantized addend
-        "MUL": got[2][0].vec("sp", 23, d),
-        "GELU": got[3][0].vec("sp", 26, d),
-        "SOFTMAX": got[4][0].vec("sp", 29, 8 + 9),      # the valid elements
-        "LAYERNORM": got[5][0].vec("sp", 32, d),
+        "REQ": got[0][0].vec("sp", 24, d),
+        "ADD": got[1][0].vec("acc", 8, d) - resid,     # the requantized addend
+        "MUL": got[2][0].vec("sp", 32, d),
+        "GELU": got[3][0].vec("sp", 40, d),
+        "SOFTMAX": got[4][0].vec("sp", 48, 8 + 32),     # the valid elements
+        "LAYERNORM": got[5][0].vec("sp", 56, d),
+        "EMBED": got[6][0].vec("acc", 48, d),
     }
     for unit, values in outs.items():
-        if unit == "ADD":
+        if unit in ("ADD", "EMBED"):
             frac = _fraction_interior(values, I32_MIN, I32_MAX)
-        elif unit == "GELU":
-            # GELU's negative side is small by nature: count the positive inputs.
-            frac = _fraction_interior(values[mems.vec("sp", 6, d) > 0])
         else:
             frac = _fraction_interior(values)
+        print(f"{unit}: {frac:.0%} of the outputs neither 0 nor saturated")
         assert frac >= 0.5, f"{unit}: only {frac:.0%} of the outputs are neither 0 nor saturated"
+    assert got[7][1] == int(torch.argmax(gemm))
+
+
+# ------------------------------------------------- builds and the timing contract
+
+UNIT_OPS = {
+    "elementwise": lambda n: [vec(VecOp.REQ, addr0=1, addr2=20, count0=n, mult=999, shift=9),
+                              vec(VecOp.ADD, flags=Flags.PERCHAN, addr0=1, addr1=4, addr2=7,
+                                  count0=n, shift=2),
+                              vec(VecOp.MUL, addr0=1, addr1=4, addr2=24, count0=n, mult=5, shift=3),
+                              vec(VecOp.COPY_ACC, addr0=1, addr2=10, count0=n),
+                              vec(VecOp.COPY_SP, addr0=1, addr1=30, count0=n, count1=2),
+                              vec(VecOp.PUT_COL, addr0=1, addr1=12, count0=n)],
+    "gelu": lambda n: [vec(VecOp.GELU, addr0=1, addr2=20, count0=n, mult=20000, shift=30)],
+    "softmax": lambda n: [vec(VecOp.SOFTMAX, flags=Flags.POS, addr0=1, addr2=20, count0=n,
+                              count1=n + 3, mult=3, shift=1)],
+    "layernorm": lambda n: [vec(VecOp.LAYERNORM, addr0=1, addr1=4, addr2=20, count0=n, count1=2,
+                                mult=3000, shift=20)],
+    "embed": lambda n: [vec(VecOp.EMBED, addr0=1, addr1=20, addr2=9, count0=n, count1=3, mult=7)],
+    "argmax": lambda n: [vec(VecOp.ARGMAX, addr0=1, count0=n)],
+}
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_one_unit_builds(unit):
+    """A unit alone (hardware for the others left out) runs its ops."""
+    g = Geometry(rows=2, cols=4, scratchpad_kib=0.25, accumulator_kib=1, units=(unit,),
+                 vector_lanes=2)
+    gen = torch.Generator().manual_seed(4)
+    jobs = [{"ins": ins, "pos": 2, "tok": 3} for n in (0, 3, 6) for ins in UNIT_OPS[unit](n)]
+    check_ops(g, random_memories(g, gen), jobs)
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 4])
+def test_cycles_every_op_and_size(lanes):
+    """vector_op_cycles against the RTL for every VecOp, n in 0..9 around cols = 4,
+    POS in {0, 1, 6} (data checked as well)."""
+    g = Geometry(rows=2, cols=4, scratchpad_kib=0.25, accumulator_kib=1, units=UNITS,
+                 vector_lanes=lanes)
+    gen = torch.Generator().manual_seed(lanes)
+    jobs = []
+    for n in (0, 1, 3, 4, 5, 9):
+        pos = (0, 1, 6)[n % 3]
+        for unit in UNITS:
+            jobs += [{"ins": ins, "pos": pos, "tok": (n * 5) % 8} for ins in UNIT_OPS[unit](n)]
+        jobs.append({"ins": vec(VecOp.REQ, flags=Flags.PERCHAN, addr0=1, addr1=4, addr2=20,
+                                count0=n, shift=5), "pos": pos})
+        jobs.append({"ins": vec(VecOp.ADD, addr0=1, addr1=4, count0=n, mult=77, shift=5)})
+        jobs.append({"ins": vec(VecOp.SOFTMAX, addr0=1, addr2=20, count0=n, mult=3, shift=1),
+                     "pos": pos})
+    check_ops(g, random_memories(g, gen), jobs)
