@@ -156,11 +156,12 @@ def check_fits(desc: ModelDesc, g: Geometry, *, program_words: int | None = None
     if problem:
         raise ModelRefused(f"{desc.short()} cannot run: {problem}")
     _, sp_rows, acc_rows = plan_memory(desc, g)
-    words = program_words if program_words is not None else program_length(desc, g)
-    for memory, need, have, row_bytes in (
-            ("scratchpad", sp_rows, g.sp_depth, g.sp_row_bytes),
-            ("accumulator", acc_rows, g.acc_depth, g.acc_row_bytes),
-            ("program memory", words, g.program_words, INSTRUCTION_BYTES)):
+    needs = [("scratchpad", sp_rows, g.sp_depth, g.sp_row_bytes),
+             ("accumulator", acc_rows, g.acc_depth, g.acc_row_bytes),
+             ("program memory", None, g.program_words, INSTRUCTION_BYTES)]
+    for memory, need, have, row_bytes in needs:
+        if need is None:
+            need = program_words if program_words is not None else program_length(desc, g)
         if need > have:
             unit = "words" if memory == "program memory" else "rows"
             raise ModelRefused(f"{desc.short()} does not fit: the {memory} needs {need} {unit} "
@@ -330,7 +331,9 @@ class _Emitter:
         self.vec(VecOp.ARGMAX, addr0=logits, count0=desc.vocab_size)
         self.add(Instruction(Opcode.EMIT))
         loop = len(self.words)
-        self.words[prompt_branch] = Instruction(Opcode.BRANCH, tag=Branch.PROMPT, addr0=loop)
+        # (A program past 65536 words is refused by check_fits; only its length counts then.)
+        self.words[prompt_branch] = Instruction(Opcode.BRANCH, tag=Branch.PROMPT,
+                                                addr0=loop & 0xFFFF)
         self.add(Instruction(Opcode.BRANCH, tag=Branch.LOOP, addr0=0))
         self.add(Instruction(Opcode.HALT))
         return prompt_branch, loop
@@ -339,6 +342,9 @@ class _Emitter:
 def program_length(desc: ModelDesc, g: Geometry) -> int:
     """Words of the program for ``desc`` on ``g`` (no weights needed)."""
     regions, _, _ = plan_memory(desc, g)
+    # Addresses do not change the count (and may not fit an instruction when the model
+    # does not fit the memories).
+    regions = {name: Region(name, r.memory, 0, r.rows) for name, r in regions.items()}
     emitter = _Emitter(desc, g, regions, None)
     emitter.program()
     return len(emitter.words)
@@ -439,6 +445,7 @@ def compile_model(qmodel: QuantizedModel, geometry: Geometry) -> ModelImage:
     if problem:
         raise ModelRefused(f"{desc.short()} cannot run: {problem}")
     regions, sp_rows, acc_rows = plan_memory(desc, g)
+    check_fits(desc, g, program_words=0)        # the memories first: their rows are addresses
     emitter = _Emitter(desc, g, regions, qmodel)
     prompt_branch, loop = emitter.program()
     check_fits(desc, g, program_words=len(emitter.words))
