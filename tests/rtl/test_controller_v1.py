@@ -131,3 +131,34 @@ def test_status_names_each_error_and_reset_recovers():
         assert body[:skipped] == b"\xff" * skipped, status
         assert body[skipped:skipped + 8] == status + bytes(4)
         assert body[skipped + 8:skipped + 9 + len(rows)] == b"\x09" + rows
+
+
+def test_documented_latencies():
+    """The figures of docs/rtl.md ("Timing"), measured on the RTL at 8x8."""
+    def cycles(g, *instructions, payload=b"", reply=1):
+        stream = b"".join(encode(i) for i in instructions) + payload
+        return run_stream(Accelerator(g), stream, reply)[1]
+
+    g = Geometry(rows=8, cols=8, scratchpad_kib=1, accumulator_kib=1, program_kib=1, tokens=8)
+    nop, sync, halt = Instruction(Opcode.NOP), Instruction(Opcode.SYNC), Instruction(Opcode.HALT)
+    host_word = cycles(g, nop, sync) - cycles(g, sync)
+    assert host_word == 17                                  # 16 bytes + dispatch
+
+    def run_nops(k):
+        words = [nop] * k + [halt] * (6 - k)
+        return cycles(g, Instruction(Opcode.LOAD_PROG, count0=6), *words,
+                      Instruction(Opcode.RUN, count0=1, count1=1), payload=bytes(2), reply=2)
+    assert run_nops(5) - run_nops(4) == 3                   # PROGRAM_FETCH_CYCLES + dispatch
+
+    for dataflow, busy in (("ws", 26), ("os", 31)):
+        g = Geometry(rows=8, cols=8, dataflow=dataflow, scratchpad_kib=1, accumulator_kib=1)
+        one_beat = Instruction(Opcode.MATMUL, count0=1, count1=1)
+        # SYNC waits for the engine: it dispatches `busy` cycles after the MATMUL did,
+        # instead of host_word cycles after it.
+        assert cycles(g, one_beat, sync) - cycles(g, nop, sync) == busy - host_word
+
+    def store(rows, flags):
+        n = rows * (g.out_row_bytes if flags else g.acc_row_bytes)
+        return cycles(g, Instruction(Opcode.STORE, count0=rows, flags=flags), reply=n)
+    assert store(3, Flags.REQUANT) - store(2, Flags.REQUANT) == g.cols + 9
+    assert store(3, 0) - store(2, 0) == g.acc_row_bytes + 1
