@@ -17,8 +17,15 @@ The API the co-search (``search/``) builds on::
     count_params(sub)                           # exact parameters of `model`
     count_macs(sub, 128, mode="prompt")         # MACs of one 128-token forward pass
     count_macs(sub, 128, mode="generate")       # MACs of one decoded token at position 127
-    for g in gemm_shapes(sub, 128, "prompt"):   # the matmuls the accelerator runs
+    for g in gemm_shapes(sub, 128, "prompt", batch=1):  # the matmuls the accelerator runs
         g.layer, g.op, g.m, g.k, g.n, g.count   # (M x K) @ (K x N), `count` times
+
+    codec = GenomeCodec(space)                  # fixed-length index genome of every choice
+    sub = codec.decode(codec.random(rng))       # encode / decode / repair / check
+    scorer = Scorer(net, corpus, cache_dir="build/score_cache", baseline="largest")
+    scorer.score(sub).ppl                       # stratified valid tokens, cached on disk by sub.key()
+    scorer.paired(sub)                          # delta vs the baseline, with its standard error
+    load_supernet(CI_SUPERNET)                  # the small supernet shipped in the repository
 
 Pieces:
 
@@ -31,7 +38,9 @@ Pieces:
   ``none`` (removed), ``lowrank`` (each weight U @ V of rank r), ``shared``
   (one FFN for every layer that chooses it) and ``glu`` (GEGLU).
 * :class:`SearchSpace`: the choices; ``largest()``, ``smallest()``,
-  ``sample(rng)``, ``subnet(...)``, ``check(cfg)``.
+  ``sample(rng)``, ``subnet(...)``, ``check(cfg)`` (membership in every
+  choice), ``largest(variant)``/``smallest(variant)`` per FFN variant,
+  ``largest_within(max_params)``.
 * :class:`Supernet` (``transformer.py``): weights of the largest subnet;
   ``forward(idx, subnet)`` slices them; ``extract(subnet)`` returns a
   standalone :class:`Transformer` (plain ``nn.Linear``/``nn.LayerNorm``, KV
@@ -43,8 +52,12 @@ Pieces:
   copy); a character tokenizer built from the training split.
 * Training (``train.py``): ``python -m search.model.train --config
   configs/supernet_default.toml``; ``train_supernet(run)``, ``load_supernet(dir)``.
-* Evaluation (``perplexity.py``): ``evaluate(supernet, subnet, data)``;
+* Evaluation (``perplexity.py``): ``evaluate(supernet, subnet, data)`` on
+  windows stratified over the whole validation split.
+* Scoring (``score.py``): :class:`Scorer`, cached and paired;
   ``python -m search.model.score --checkpoint DIR --subnet largest``.
+* Genome (``genome.py``): :class:`GenomeCodec`.
+* Ranking check (``rank.py``): ``python -m search.model.rank --config configs/rank_ci.toml``.
 * The FFN study (``ffn_study.py``): ``python -m search.model.ffn_study``.
 
 Figures (throughput, perplexities, evaluation time) are in ``docs/models.md``.
@@ -56,12 +69,13 @@ from .transformer import Transformer, Supernet
 from .data import CharTokenizer, Corpus, load_corpus, load_shakespeare, load_wikitext2
 from .config import ModelConfigError, TrainConfig, RunConfig, load_run_config
 from .perplexity import evaluate, nll
+from .genome import GenomeCodec
 
-_LAZY = {"train_supernet": "train", "load_supernet": "train"}
+_LAZY = {"train_supernet": "train", "load_supernet": "train", "CI_SUPERNET": "train", "Scorer": "score"}
 
 
 def __getattr__(name):
-    # train.py is also a ``python -m`` entry points; importing it lazily
+    # train.py and score.py are also ``python -m`` entry points; importing them lazily
     # keeps runpy from finding it half-imported.
     if name in _LAZY:
         import importlib
@@ -71,4 +85,5 @@ def __getattr__(name):
 __all__ = ["FFN_VARIANTS", "SubnetConfig", "SearchSpace", "GemmShape", "gemm_shapes", "count_params",
            "count_macs", "macs_per_token", "Transformer", "Supernet", "CharTokenizer", "Corpus",
            "load_corpus", "load_shakespeare", "load_wikitext2", "evaluate", "nll", "ModelConfigError",
-           "TrainConfig", "RunConfig", "load_run_config", "train_supernet", "load_supernet"]
+           "TrainConfig", "RunConfig", "load_run_config", "train_supernet", "load_supernet", "GenomeCodec",
+           "Scorer", "CI_SUPERNET"]

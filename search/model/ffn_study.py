@@ -28,7 +28,7 @@ import time
 from .config import ModelConfigError, RunConfig, StudyConfig, load_run_config
 from .data import CorpusError, load_corpus
 from .space import SearchSpace, SubnetConfig, count_params, macs_per_token
-from .train import train_supernet, git_commit, versions, _atomic_write
+from .train import train_supernet, git_commit, versions, _atomic_write, _atomic_savefig, _interrupt
 
 __all__ = ["variant_subnet", "run_study", "main", "DEFAULT_CONFIG"]
 
@@ -106,8 +106,8 @@ def run_study(run: RunConfig, out, *, corpus=None, quiet=False, fresh=False) -> 
     for j, seed in enumerate(seeds):
         for i, variant in enumerate(run.study.variants):
             cfg = variant_subnet(run.study, space, variant)
-            # One seed keeps the layout of a single-seed study: out/<variant>.
-            where = out / _slug(variant) if len(seeds) == 1 else out / f"seed{seed}" / _slug(variant)
+            # A study without [study] seeds keeps the single-seed layout: out/<variant>.
+            where = out / f"seed{seed}" / _slug(variant) if run.study.seeds else out / _slug(variant)
             vrun = replace(run, space=replace(_space_of(cfg), vocab_size=0),
                            train=replace(run.train, out=str(where), seed=seed, sandwich=False,
                                          random_subnets=0))
@@ -193,14 +193,7 @@ def _plot(rows, path):
     ax.set_title("FFN variants at the same training budget")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+    _atomic_savefig(fig, path)
 
 
 def main(argv=None):
@@ -211,10 +204,19 @@ def main(argv=None):
                         help="TOML with [space], [train] and [study] (default: %(default)s)")
     parser.add_argument("--out", help="output directory (default: [train] out)")
     parser.add_argument("--fresh", action="store_true", help="retrain every variant from scratch")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                        help="train only these of the config's seeds (e.g. one process per seed); "
+                             "a final run without --seeds tabulates them all")
     args = parser.parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         run = load_run_config(args.config, need_study=True)
+        if args.seeds:
+            unknown = set(args.seeds) - set(study_seeds(run))
+            if unknown:
+                raise ModelConfigError(f"--seeds {sorted(unknown)} not in the config's seeds "
+                                       f"{list(study_seeds(run))}")
+            run = replace(run, study=replace(run.study, seeds=tuple(args.seeds)))
         run_study(run, args.out or run.train.out, fresh=args.fresh)
     except (ModelConfigError, CorpusError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

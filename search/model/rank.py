@@ -37,12 +37,13 @@ import torch.nn.functional as F
 
 from gen.config import read_toml
 
-from .config import ModelConfigError, load_run_config
+from .config import ModelConfigError, _build, _kinds, load_run_config
 from .data import CorpusError, load_corpus, random_batch
 from .perplexity import evaluate, nll
 from .space import SearchSpace, SubnetConfig, count_params, macs_per_token
 from .transformer import Transformer
-from .train import _atomic_write, _atomic_save, _lr, _optimizer, git_commit, load_supernet, versions
+from .train import (_atomic_savefig, _atomic_save, _atomic_write, _interrupt, _lr, _optimizer, git_commit,
+                    load_supernet, versions)
 
 __all__ = ["RankConfig", "load_rank_config", "pick_subnets", "kendall_tau", "spearman_rho",
            "bootstrap_ci", "train_standalone", "run_rank", "main"]
@@ -94,25 +95,12 @@ def load_rank_config(path) -> RankConfig:
     """Read a ``[rank]`` TOML; a mistake is one :class:`ModelConfigError` line."""
     path = pathlib.Path(path)
     doc = read_toml(path, ModelConfigError)
-    table = doc.get("rank")
-    if set(doc) != {"rank"} or not isinstance(table, dict):
+    if set(doc) != {"rank"}:
         raise ModelConfigError(f"{path}: needs exactly one table, [rank]")
-    known = {f: type(getattr(RankConfig(), f)) for f in RankConfig.__dataclass_fields__}
-    kwargs = {}
-    for key, value in table.items():
-        if key not in known:
-            raise ModelConfigError(f"{path}: [rank] has no key {key!r}; allowed keys: " + ", ".join(known))
-        want = known[key]
-        if want is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, want) or isinstance(value, bool):
-            raise ModelConfigError(f"{path}: [rank] {key} = {value!r} has the wrong type; "
-                                   f"it must be {'a number' if want is float else 'an ' + want.__name__}")
-        kwargs[key] = value
     try:
-        return RankConfig(**kwargs)
-    except ValueError as e:
-        raise ModelConfigError(f"{path}: [rank] {e}") from None
+        return _build("rank", RankConfig, doc["rank"], _kinds(RankConfig))
+    except ModelConfigError as e:
+        raise ModelConfigError(f"{path}: {e}") from None
 
 
 # --- statistics -------------------------------------------------------------------------
@@ -333,14 +321,7 @@ def _plot(rows, summary, path):
                  f"Spearman rho {summary['spearman_rho']:.2f}", fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+    _atomic_savefig(fig, path)
 
 
 def main(argv=None):

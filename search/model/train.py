@@ -1,12 +1,24 @@
 """``python -m search.model.train --config configs/supernet_default.toml``
 
 Trains a :class:`Supernet` with the BigNAS sandwich rule: every step
-accumulates the gradients of the largest subnet, the smallest subnet and
-``random_subnets`` uniformly drawn subnets (each on its own batch), then takes
-one AdamW step. Progress goes to stdout and ``metrics.jsonl``; a checkpoint
-(model, optimizer, step, every RNG state) is written atomically every
-``checkpoint_interval`` steps, on Ctrl-C or SIGTERM and at the end, and rerunning the same
-command resumes from it exactly. The output directory carries
+accumulates the gradients of a largest subnet, a smallest subnet and
+``random_subnets`` random subnets (each on its own batch), then takes one
+AdamW step. With ``variant_sampling = "balanced"`` (the default) the
+largest and smallest are those of one FFN variant in every layer, the
+variant taking turns step by step, and each layer of a random subnet deals
+its variant from a per-layer deck (:class:`VariantDecks`), so that every
+variant of every layer gets a comparable number of updates; the counts are
+recorded (``ffn_updates`` in the checkpoint and the manifest's results).
+
+Progress goes to stdout and ``metrics.jsonl`` (``ce``: cross-entropy with
+the labels of every subnet of the step; ``kl``: with in-place distillation,
+the KL divergence from the step's largest that the other subnets trained
+on). A checkpoint (model, optimizer, step, every RNG state, the variant
+decks and update counts) is written atomically every ``checkpoint_interval``
+steps and at the end. SIGINT or SIGTERM lets the step under way finish and
+then checkpoints that step boundary, so rerunning the same command resumes
+bit for bit, whenever the signal came. ``--export DIR`` writes a small
+float16 copy for the repository. The output directory carries
 ``manifest.json`` (config, git commit, versions, corpus hash, results).
 
 Throughput (``tok/s`` in the progress lines, ``tokens_per_s`` in
@@ -75,6 +87,20 @@ def _atomic_write(path: pathlib.Path, text: str):
     os.replace(tmp, path)
 
 
+def _atomic_savefig(fig, path: pathlib.Path):
+    """Save a matplotlib figure as a PNG through a temporary file, then close it."""
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _interrupt(signum, frame):
+    """A SIGTERM handler for the command line tools: stop as Ctrl-C would."""
+    raise KeyboardInterrupt
+
+
 def _lr(step: int, cfg) -> float:
     """Learning rate of optimizer step ``step`` (1-based)."""
     if step <= cfg.warmup_steps:
@@ -112,6 +138,9 @@ def _config_key(cfg_dict: dict) -> dict:
     d = json.loads(json.dumps(cfg_dict))
     for key in ("out", "log_interval", "checkpoint_interval", "eval_interval", "threads", "device"):
         d["train"].pop(key, None)
+    d.pop("study", None)  # a study's table, not this run's training
+    if not d["train"].get("sandwich", True):
+        d["train"].pop("variant_sampling", None)  # no sandwich, no variants to sample
     return d
 
 
