@@ -28,7 +28,8 @@ import time
 from .config import ModelConfigError, RunConfig, StudyConfig, load_run_config
 from .data import CorpusError, load_corpus
 from .space import SearchSpace, SubnetConfig, count_params, macs_per_token
-from .train import train_supernet, git_commit, versions, _atomic_write, _atomic_savefig, _interrupt
+from .train import (train_supernet, git_commit, versions, _atomic_savefig, _atomic_write, _interrupt,
+                    _pyplot)
 
 __all__ = ["variant_subnet", "run_study", "main", "DEFAULT_CONFIG"]
 
@@ -176,11 +177,8 @@ def format_table(rows, run: RunConfig, corpus) -> str:
 
 
 def _plot(rows, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:

@@ -42,8 +42,8 @@ from .data import CorpusError, load_corpus, random_batch
 from .perplexity import evaluate, nll
 from .space import SearchSpace, SubnetConfig, count_params, macs_per_token
 from .transformer import Transformer
-from .train import (_atomic_savefig, _atomic_save, _atomic_write, _interrupt, _lr, _optimizer, git_commit,
-                    load_supernet, versions)
+from .train import (_atomic_save, _atomic_savefig, _atomic_write, _interrupt, _lr, _optimizer, _pyplot,
+                    git_commit, load_supernet, versions)
 
 __all__ = ["RankConfig", "load_rank_config", "pick_subnets", "kendall_tau", "spearman_rho",
            "bootstrap_ci", "train_standalone", "run_rank", "main"]
@@ -304,11 +304,8 @@ def format_table(rows, summary, cfg: RankConfig) -> str:
 
 
 def _plot(rows, summary, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     x, y = [r["inherited_ppl"] for r in rows], [r["standalone_ppl"] for r in rows]

@@ -87,6 +87,17 @@ def _atomic_write(path: pathlib.Path, text: str):
     os.replace(tmp, path)
 
 
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, or None where matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
 def _atomic_savefig(fig, path: pathlib.Path):
     """Save a matplotlib figure as a PNG through a temporary file, then close it."""
     tmp = path.with_name(path.stem + ".tmp.png")
