@@ -68,8 +68,12 @@ RQ_PRODUCT_BITS = 48  # x (int32) * M (uint16) fits signed 48 bits
 
 
 def _sat(value, bits):
+    """Saturate a signed value to ``bits``: a check of its top bits, no comparator."""
+    value = value.as_signed()
+    if len(value) <= bits:
+        return value
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    return Mux(value < lo, lo, Mux(value > hi, hi, value))
+    return Mux(fits(value, bits), value[:bits].as_signed(), Mux(value[-1], lo, hi))
 
 
 def fits(value, bits):
@@ -555,7 +559,7 @@ class VectorUnit(wiring.Component):
                 m.d.comb += nv.eq(n16 + Mux(use_pos, self.pos, 0))
                 clamped = Mux(ins.shift > RQ_PRODUCT_BITS, RQ_PRODUCT_BITS, ins.shift)
                 m.d.sync += [n_valid.eq(nv), shift_c.eq(clamped),
-                             half.eq(Mux(clamped == 0, 0, (C(1, 1) << clamped) >> 1)),
+                             half.eq(Cat(*[clamped == k + 1 for k in range(RQ_PRODUCT_BITS)])),
                              mx.eq(-(1 << 31)), sum_e.eq(0), sum_x.eq(0), sum_v.eq(0),
                              best_any.eq(0), best_idx.eq(0),
                              t_bits.eq(self.tok), p_bits.eq(self.pos), t_rem.eq(0), p_rem.eq(0),
