@@ -51,7 +51,7 @@ from .space import SearchSpace, count_params
 from .transformer import Supernet
 from gen.provenance import git_commit
 
-__all__ = ["train_supernet", "load_supernet", "export_weights", "CI_SUPERNET", "VariantDecks", "step_subnets",
+__all__ = ["train_supernet", "plan_updates", "load_supernet", "export_weights", "CI_SUPERNET", "VariantDecks", "step_subnets",
            "update_ratios", "resolve_device", "main", "CHECKPOINT", "MANIFEST"]
 
 CHECKPOINT = "checkpoint.pt"
@@ -237,6 +237,20 @@ def update_ratios(updates: dict) -> list:
         counts = [c[i] for c in updates.values()]
         ratios.append(max(counts) / min(counts) if min(counts) else math.inf)
     return ratios
+
+
+def plan_updates(run: RunConfig, vocab_size: int = 2) -> dict:
+    """The FFN update counts per variant per layer that training ``run`` will
+    record, from its sandwich schedule alone (no weights, no data: the subnet
+    draws use only the seeded Python RNG)."""
+    space = replace(run.space, vocab_size=vocab_size)
+    rng, decks = random.Random(run.train.seed), VariantDecks(space.ffn_variants, max(space.layers))
+    updates = {v: [0] * max(space.layers) for v in space.ffn_variants}
+    for step in range(run.train.steps):
+        for i, v in {(i, v) for sub in step_subnets(space, run.train, step, rng, decks)
+                     for i, v in enumerate(sub.ffn_variants)}:
+            updates[v][i] += 1
+    return {"ffn_updates": updates, "ffn_update_ratio": update_ratios(updates)}
 
 
 def train_supernet(run: RunConfig, *, corpus: Corpus | None = None, stop_after: int | None = None,
@@ -450,6 +464,10 @@ def main(argv=None):
     parser.add_argument("--stop-after", type=int, metavar="STEPS",
                         help="stop with a checkpoint after this many steps in total (resume later)")
     parser.add_argument("--distill", choices=("on", "off"), help="overrides [train] distill")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the FFN update counts of the config's sandwich schedule; train nothing")
+    parser.add_argument("--variant-sampling", choices=("balanced", "by_macs"),
+                        help="overrides [train] variant_sampling")
     parser.add_argument("--export", metavar="DIR",
                         help="when training is done, write a float16, optimizer-free copy to DIR")
     args = parser.parse_args(argv)
@@ -458,8 +476,13 @@ def main(argv=None):
         overrides = {k: v for k, v in (("out", args.out), ("device", args.device)) if v}
         if args.distill:
             overrides["distill"] = args.distill == "on"
+        if args.variant_sampling:
+            overrides["variant_sampling"] = args.variant_sampling
         if overrides:
             run = replace(run, train=replace(run.train, **overrides))
+        if args.plan:
+            print(json.dumps(plan_updates(run)))
+            return 0
         results = train_supernet(run, stop_after=args.stop_after, fresh=args.fresh)
         if args.export and results["done"]:
             argv_text = " ".join(sys.argv[1:] if argv is None else argv)

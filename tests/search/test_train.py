@@ -8,8 +8,8 @@ import torch
 from search.model.config import ModelConfigError, parse_run_config
 from search.model.perplexity import evaluate
 from search.model import train as train_mod
-from search.model.train import (CHECKPOINT, MANIFEST, VariantDecks, _lr, load_supernet, step_subnets,
-                               train_supernet, update_ratios)
+from search.model.train import (CHECKPOINT, MANIFEST, VariantDecks, _lr, load_supernet, plan_updates,
+                               step_subnets, train_supernet)
 from search.model.transformer import Supernet
 
 
@@ -145,15 +145,12 @@ def test_the_balanced_sandwich_updates_every_variant_alike(shakespeare, tmp_path
     assert set(counts) == {"standard", "none", "lowrank", "shared", "glu"}
     assert all(len(c) == 2 for c in counts.values())
     assert max(results["ffn_update_ratio"]) <= 1.5, counts
+    # The schedule alone predicts the counts (python -m search.model.train --plan).
+    assert plan_updates(run)["ffn_updates"] == counts
     # The old rule (largest and smallest by MACs, uniform draws) favours GLU in every layer.
-    space = load_supernet(tmp_path / "bal")[1]
-    cfg = tiny_run("x", variant_sampling="by_macs").train
-    rng, decks = __import__("random").Random(0), VariantDecks(space.ffn_variants, 2)
-    old = {v: [0, 0] for v in space.ffn_variants}
-    for step in range(40):
-        for i, v in {(i, v) for s in step_subnets(space, cfg, step, rng, decks) for i, v in enumerate(s.ffn_variants)}:
-            old[v][i] += 1
-    assert old["glu"] == [40, 40] and min(update_ratios(old)) > 2
+    from dataclasses import replace
+    old = plan_updates(replace(run, train=replace(run.train, variant_sampling="by_macs")))
+    assert old["ffn_updates"]["glu"] == [40, 40] and min(old["ffn_update_ratio"]) > 2
 
 
 def test_the_balanced_sandwich_rotates_each_variants_extremes():
