@@ -304,10 +304,13 @@ def train_supernet(run: RunConfig, *, corpus: Corpus | None = None, stop_after: 
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         _set_rng_state(ckpt["rng"], py_rng, batch_gen)
-        decks = VariantDecks(space.ffn_variants, max(space.layers), ckpt["rng"]["decks"])
         step, history = ckpt["step"], ckpt["history"]
-        updates, passes = ckpt["ffn_updates"], ckpt["ffn_passes"]
-        window_steps, window_loss = ckpt["window"]
+        if "decks" in ckpt["rng"]:
+            decks = VariantDecks(space.ffn_variants, max(space.layers), ckpt["rng"]["decks"])
+            updates, passes = ckpt["ffn_updates"], ckpt["ffn_passes"]
+            window_steps, window_loss = ckpt["window"]
+        elif step < cfg.steps and cfg.sandwich:
+            raise ModelConfigError(f"{ckpt_path} predates the balanced sandwich; use --fresh")
         # Records written after the checkpoint are replayed by the resumed run.
         _atomic_write(out / METRICS, "".join(json.dumps(h) + "\n" for h in history))
         say(f"resuming {out} at step {step}/{cfg.steps}")
