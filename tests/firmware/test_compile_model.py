@@ -2,6 +2,7 @@
 reference (firmware/reference.py), its refusals, and the whole-program cycle model."""
 
 import dataclasses
+import pathlib
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from rtl.isa import Geometry, UNITS, Opcode
 from firmware import cycles
 from firmware.compile_model import (compile_model, check_fits, ModelRefused, CycleModel,
                                     CATEGORIES)
-from firmware.model import FFN_VARIANTS
+from firmware.model import FFN_VARIANTS, QuantizedModel
 from firmware.runtime import Device
 
 from .qmodels import random_qmodel, small_desc
@@ -18,6 +19,15 @@ from .qmodels import random_qmodel, small_desc
 G = Geometry(8, 8, "ws", scratchpad_kib=96, accumulator_kib=16, program_kib=32, tokens=32,
              units=UNITS)
 PROMPT = [3, 1, 4, 1, 5, 9, 2, 6]
+SHIPPED = pathlib.Path(__file__).resolve().parents[2] / "firmware" / "data" / "shakespeare_l2d64.npz"
+
+
+def model_for(variant):
+    """The trained shipped model for ``standard`` (it is one), deterministic random weights for
+    the variants no trained model file has."""
+    if variant == "standard" and SHIPPED.exists():
+        return QuantizedModel.load(SHIPPED)
+    return random_qmodel(small_desc(variant), seed=FFN_VARIANTS.index(variant))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +43,7 @@ def reference_logits(tmp_path_factory):
 
 @pytest.mark.parametrize("variant", FFN_VARIANTS)
 def test_logits_bit_exact_with_the_integer_reference(variant, reference_logits):
-    qmodel = random_qmodel(small_desc(variant), seed=FFN_VARIANTS.index(variant))
+    qmodel = model_for(variant)
     device = Device.functional(G)
     device.load(qmodel)
     tokens = PROMPT + [7, 0, 11]
@@ -43,7 +53,7 @@ def test_logits_bit_exact_with_the_integer_reference(variant, reference_logits):
 
 
 def test_decode_steps_equal_a_prefill_and_two_generations_share_one_load():
-    qmodel = random_qmodel(small_desc("glu"), seed=7)
+    qmodel = model_for("standard")
     device = Device.functional(G)
     device.load(qmodel)
     generated = list(device.generate(PROMPT, 4))
@@ -117,3 +127,59 @@ def test_cycle_model_equals_the_event_model_of_a_whole_run(variant):
     assert sum(sum(c.values()) for c in split.values()) == model.position_cycles(6)
     assert set(split) == {None, 0, 1} and set(split[0]) == set(CATEGORIES)
     assert split[0]["matmul"] > split[0]["nonlinear"] > 0
+
+
+# -- on the simulated RTL ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def verilator_config():
+    """configs/default.toml (the Transformer default) with generic multipliers: Verilator has
+    no models of the FPGA's DSP primitives."""
+    from firmware import sim
+    from gen.config import load_config
+    try:
+        sim.VerilatorBackend.check()
+    except sim.SimToolMissing as e:
+        pytest.skip(str(e))
+    config = load_config("configs/default.toml")
+    return dataclasses.replace(
+        config, accelerator=dataclasses.replace(config.accelerator, multiplier="generic"))
+
+
+def _verilator_device(config):
+    from firmware import sim
+    return Device(config.accelerator.geometry, sim.VerilatorBackend(config))
+
+
+@pytest.mark.parametrize("variant", FFN_VARIANTS)
+def test_logits_bit_exact_on_the_simulated_rtl(variant, verilator_config, reference_logits):
+    qmodel = model_for(variant)
+    device = _verilator_device(verilator_config)
+    device.load(qmodel)
+    tokens = PROMPT[:4]
+    np.testing.assert_array_equal(device.logits(tokens), reference_logits(qmodel, tokens))
+
+
+def test_cycle_model_equals_the_rtl_for_a_prefill_and_a_decode_step(verilator_config):
+    qmodel = model_for("standard")
+    device = _verilator_device(verilator_config)
+    image = device.load(qmodel)
+    g = device.geometry
+    model = CycleModel(image)
+    prompt = PROMPT[:5]
+    one = list(device.generate(prompt, 1))
+    prefill = device.cycles             # counted from the load's last reply byte
+    two = list(device.generate(prompt, 2))
+    assert two[:1] == one
+    # A decode step: the RUN one token longer, less the RUN before it (no boundary in it).
+    assert device.cycles - prefill == model.decode_cycles(len(prompt))
+    # The prefill: the RTL's count is the event model's over the whole stream (the RUN starts
+    # while the load's last reply bytes are still leaving), and the event model's RUN alone is
+    # the cycle model's.
+    run, payload = image.run_step(prompt, 1)
+    from rtl.isa import encode
+    preamble = device._preamble
+    whole = cycles.cycle_report(preamble + encode(run) + payload, g).total_cycles
+    assert prefill == whole - cycles.cycle_report(preamble, g).total_cycles
+    assert model.prefill_cycles(len(prompt)) == \
+        cycles.run_cycles(image.words, 0, len(prompt), 1, g, tokens=prompt)

@@ -138,3 +138,67 @@ def test_a_device_error_names_the_failing_program_word():
 def test_generate_before_load_is_refused():
     with pytest.raises(RuntimeError, match="call load"):
         list(Device.functional(G).generate([1], 1))
+
+
+# -- the same tiny Transformer on every backend --------------------------------------------
+
+def _tiny_transformer():
+    """A 2x2 config with every vector unit and a one-layer model small enough for the Python
+    simulators (the 2-layer d_model 64 checks are in test_compile_model.py)."""
+    from gen.config import parse_config
+    from .qmodels import random_qmodel, small_desc
+    config = parse_config({
+        "accelerator": {"rows": 2, "cols": 2, "scratchpad_kib": 1, "accumulator_kib": 1,
+                        "banks": 1, "program_kib": 2, "tokens": 8, "multiplier": "generic",
+                        "units": ["elementwise", "gelu", "softmax", "layernorm", "embed",
+                                  "argmax"]},
+        "target": {"board": "icebreaker", "clock_mhz": 12.0}}, name="tiny_transformer")
+    desc = small_desc("glu", vocab=6, context=4, d_model=4, heads=1, head_dim=2, ffn=4, layers=1)
+    return config, random_qmodel(desc, seed=4)
+
+
+def _check_on(device, qmodel, config):
+    from firmware.compile_model import CycleModel
+    reference = Device.functional(config)
+    reference.load(qmodel)
+    image = device.load(qmodel)
+    tokens = list(device.generate([1, 2], 2))
+    assert tokens == list(reference.generate([1, 2], 2))
+    if device.cycles is not None:       # the decode step costs what the cycle model says
+        first = device.cycles
+        list(device.generate([1, 2], 1))
+        assert first - device.cycles == CycleModel(image).decode_cycles(2)
+    np.testing.assert_array_equal(device.logits([1, 2, 3]), reference.logits([1, 2, 3]))
+    assert device.status().ok
+
+
+@pytest.mark.parametrize("backend", ["amaranth", "icarus"])
+def test_a_transformer_on_the_simulated_rtl(backend):
+    from firmware import sim
+    config, qmodel = _tiny_transformer()
+    try:
+        device = Device.simulated(config, backend)
+    except sim.SimToolMissing as e:
+        pytest.skip(str(e))
+    _check_on(device, qmodel, config)
+
+
+@pytest.mark.slow
+def test_a_transformer_over_the_serial_link_to_a_simulated_board():
+    from boards import BOARDS
+    from boards.sim import SimSerialPort
+    from boards.top import BoardTop
+    from firmware.serial import SerialBackend
+    from rtl.top import Accelerator
+    config, qmodel = _tiny_transformer()
+    g = config.accelerator.geometry
+    port = SimSerialPort(BoardTop(BOARDS["icebreaker"], Accelerator(g), divisor=4,
+                                  timeout_cycles=600))
+    backend = SerialBackend(port, baud=port.baud, link_timeout_s=port.link_timeout_s,
+                            latency_s=0)
+    reference = Device.functional(config)
+    reference.load(qmodel)
+    device = Device(g, backend)
+    device.load(qmodel)
+    assert list(device.generate([3, 1], 3)) == list(reference.generate([3, 1], 3))
+    assert list(device.generate([2], 2)) == list(reference.generate([2], 2))   # one load
