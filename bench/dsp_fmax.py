@@ -82,6 +82,12 @@ def bare_array(rows, cols, multiplier, device, out: pathlib.Path, freq_mhz=250) 
             "synth_s": round(synth_s, 1), "pnr_s": round(time.monotonic() - start - synth_s, 1)}
 
 
+def _record(results: pathlib.Path, row: dict):
+    with open(results, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.dsp_fmax", description=__doc__)
     parser.add_argument("configs", nargs="*", help="configs to build")
@@ -99,11 +105,8 @@ def main(argv=None):
     if args.bare:
         rows, cols = (int(n) for n in args.bare.lower().split("x"))
         for multiplier in args.multipliers.split(","):
-            row = bare_array(rows, cols, multiplier, args.device,
-                             args.out / f"bare-{args.device}-{args.bare}-{multiplier}")
-            with open(results, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(json.dumps(row), flush=True)
+            _record(results, bare_array(rows, cols, multiplier, args.device,
+                                        args.out / f"bare-{args.device}-{args.bare}-{multiplier}"))
         return 0
     try:
         configs = [variant for path in args.configs
@@ -118,9 +121,7 @@ def main(argv=None):
         row["multiplier"] = multiplier_for(config)
         if row.get("fmax_mhz"):
             row["peak_gmacs"] = round(acc.rows * acc.cols * row["fmax_mhz"] / 1e3, 2)
-        with open(results, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(json.dumps(row), flush=True)
+        _record(results, row)
     return 0
 
 

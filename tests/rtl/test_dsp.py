@@ -19,7 +19,7 @@ from rtl.dsp import (LATENCY, KINDS, ECP5Multiplier, ICE40Multiplier, MULT18X18D
 from rtl.pe import PRODUCT_STAGES
 
 from . import test_array
-from .test_array import _run_os, _run_ws
+from .test_array import _run, _run_os, _run_ws
 
 MODELS = ["generic", "ecp5-model", "ice40-model"]
 
@@ -46,10 +46,7 @@ def _products(kind, width, pairs):
             await ctx.tick()
             seen.append(ctx.get(dut.p))
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
+    _run(dut, bench, deadline_cycles=len(pairs) + 2 * LATENCY)
     # After tick n the output register holds the product of the pair set before tick n-1.
     return seen[LATENCY - 1:LATENCY - 1 + len(pairs)]
 
@@ -128,6 +125,13 @@ def test_instance_has_its_registers_on(cls, cell, params):
         assert f"parameter \\{name} {value}" in text
 
 
+def _int8_tiles(seed, shapes):
+    """A pair of random int8 tensors for each pair of shapes."""
+    g = torch.Generator().manual_seed(seed)
+    return [tuple(torch.randint(-128, 128, shape, generator=g) for shape in pair)
+            for pair in shapes]
+
+
 def _with_multiplier(monkeypatch, kind):
     """test_array's runners, building their arrays with ``kind``'s multipliers."""
     monkeypatch.setattr(test_array, "SystolicArray",
@@ -189,9 +193,7 @@ def test_ecp5_synthesis_of_an_array_of_instances(tmp_path):
 @pytest.mark.parametrize("kind", ["ecp5-model", "ice40-model"])
 def test_ws_array_with_each_primitive(kind, monkeypatch):
     rows, cols = 3, 4
-    g = torch.Generator().manual_seed(8)
-    tiles = [(torch.randint(-128, 128, (rows, cols), generator=g),
-              torch.randint(-128, 128, (m, rows), generator=g)) for m in (1, 6)]
+    tiles = _int8_tiles(8, [((rows, cols), (m, rows)) for m in (1, 6)])
     tiles.append((torch.full((rows, cols), -128), torch.full((3, rows), -128)))
     generic = _run_ws(rows, cols, tiles)
     _with_multiplier(monkeypatch, kind)
@@ -203,9 +205,7 @@ def test_ws_array_with_each_primitive(kind, monkeypatch):
 @pytest.mark.parametrize("kind", ["ecp5-model", "ice40-model"])
 def test_os_array_with_each_primitive(kind, monkeypatch):
     rows, cols = 3, 2
-    g = torch.Generator().manual_seed(9)
-    tiles = [(torch.randint(-128, 128, (rows, k), generator=g),
-              torch.randint(-128, 128, (k, cols), generator=g)) for k in (1, 9)]
+    tiles = _int8_tiles(9, [((rows, k), (k, cols)) for k in (1, 9)])
     spacing = 2 * rows + cols - 1
     tiles.append((torch.full((rows, spacing), 127), torch.full((spacing, cols), -128)))
     _, generic = _run_os(rows, cols, tiles, spacing=spacing)
