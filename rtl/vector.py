@@ -538,13 +538,21 @@ class VectorUnit(wiring.Component):
                           old[cols * 8:])
                 m.d.comb += [self.sp_w_en.eq(1), self.sp_w_addr.eq(p_addr), self.sp_w_data.eq(new)]
             # ------------------------------------ COPY_ACC, COPY_SP: a row a cycle
+            # Copies go row by row, in order: a row read in the cycle the row before it
+            # is written there (a stride-1 overlap) takes that write's data. The
+            # scratchpad's read is not transparent, so it is forwarded here; the
+            # accumulator's is (rtl/top.py), and COPY_ACC relies on it.
             cv = Signal()
             c_addr = Signal(16)
+            c_fwd = Signal()
+            c_last = Signal(g.sp_width)
             m.d.sync += cv.eq(0)
             with m.If(cv):
                 with m.If(ins.tag == VecOp.COPY_SP):
+                    c_row = Mux(c_fwd, c_last, self.sp_r0_data)
                     m.d.comb += [self.sp_w_en.eq(1), self.sp_w_addr.eq(c_addr),
-                                 self.sp_w_data.eq(self.sp_r0_data)]
+                                 self.sp_w_data.eq(c_row)]
+                    m.d.sync += c_last.eq(c_row)
                 with m.Else():
                     m.d.comb += [self.acc_w_en.eq(1), self.acc_w_addr.eq(c_addr),
                                  self.acc_w_data.eq(self.acc_r_data)]
@@ -770,7 +778,8 @@ class VectorUnit(wiring.Component):
                     with m.If(ei < n16):
                         with m.If(ins.tag == VecOp.COPY_SP):
                             m.d.comb += [self.sp_r0_en.eq(1), self.sp_r0_addr.eq(ins.addr0 + ei)]
-                            m.d.sync += dst.eq(dst + ins.count1)
+                            m.d.sync += [dst.eq(dst + ins.count1),
+                                         c_fwd.eq(cv & (c_addr == ins.addr0 + ei))]
                         with m.Else():
                             m.d.comb += [self.acc_r_en.eq(1), self.acc_r_addr.eq(ins.addr0 + ei)]
                             m.d.sync += dst.eq(dst + 1)
