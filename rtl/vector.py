@@ -130,8 +130,19 @@ class VectorUnit(wiring.Component):
     controller may OR them with its own or mux on ``busy``. Reads have one
     cycle of latency, and the unit relies on a read port's data *holding*
     while its ``en`` is low (as ``lib.memory`` read ports and ``BankedMemory``
-    do): nothing else may read those ports while the unit is busy. The unit
-    relies on no read-during-write behaviour of either memory.
+    do): nothing else may read those ports while the unit is busy. COPY_ACC
+    relies on the accumulator's transparent read (``rtl/top.py``) to copy
+    overlapping rows in order; nothing else relies on read-during-write
+    behaviour.
+
+    Overlapping vectors: the result of REQ, ADD, MUL, GELU, SOFTMAX, LAYERNORM
+    and EMBED may be an operand's rows exactly (in place) or overlap it from
+    below (result base <= operand base): every operand row is read before the
+    result row over it is written, as ``docs/intmath.md`` computes it. A result
+    that overlaps an operand from above is streamed over rows not read yet, and
+    is not defined. COPY_ACC and COPY_SP go row by row in order (an overlapping
+    copy sees the rows it wrote). PUT_COL's source must not overlap its
+    target rows.
     """
 
     def __init__(self, geometry: Geometry):

@@ -647,4 +647,11 @@ def test_overlapping_copies_go_in_order():
     jobs += [{"ins": vec(VecOp.COPY_SP, addr0=a0, addr1=a1, count0=5, count1=stride)}
              for a0, a1, stride in [(3, 4, 1), (3, 5, 1), (6, 4, 1), (3, 4, 2), (3, 3, 1),
                                     (10, 9, 2)]]
+    # Results overlapping an operand from below (or in place) see the operand as it was.
+    jobs += [{"ins": vec(VecOp.GELU, addr0=5, addr2=3, count0=3 * g.cols + 1, mult=9, shift=4),
+              "params": [-40, 1000, 1000] + [0] * (NUM_PARAMS - 3)},
+             {"ins": vec(VecOp.MUL, addr0=9, addr1=8, addr2=8, count0=3 * g.cols, mult=9, shift=4)},
+             {"ins": vec(VecOp.ADD, addr0=10, addr1=11, count0=3 * g.cols, mult=9, shift=4)},
+             {"ins": vec(VecOp.ADD, flags=Flags.PERCHAN, addr0=10, addr1=10, addr2=12,
+                         count0=2 * g.cols, shift=4)}]
     check_ops(g, random_memories(g, gen), jobs)
