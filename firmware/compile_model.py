@@ -465,24 +465,18 @@ def compile_model(qmodel: QuantizedModel, geometry: Geometry) -> ModelImage:
     for prefix in desc.layernorms():
         acc_data[f"{prefix}.gamma_beta"] = np.concatenate(
             [_vector(qmodel[f"{prefix}.gamma"], C), _vector(qmodel[f"{prefix}.beta"], C)])
-    for name, rows in sp_data.items():
-        base = regions[name].base
-        assert len(rows) == regions[name].rows, name
+    pack = {Opcode.LOAD_SP: lambda part: pack_rows(part, g.input_width, g.sp_lanes),
+            Opcode.LOAD_ACC: lambda part: pack_acc_lanes(part, g.acc_width),
+            Opcode.LOAD_PROG: lambda part: b"".join(encode(w) for w in part)}
+    loads = [(Opcode.LOAD_SP, regions[name], rows) for name, rows in sp_data.items()]
+    loads += [(Opcode.LOAD_ACC, regions[name], rows) for name, rows in acc_data.items()]
+    loads.append((Opcode.LOAD_PROG, Region("program", "program memory", 0, len(emitter.words)),
+                  emitter.words))
+    for op, region, rows in loads:
+        assert len(rows) == region.rows, region.name
         for start in range(0, len(rows), MAX_LOAD_ROWS):
             part = rows[start:start + MAX_LOAD_ROWS]
-            load.add(Instruction(Opcode.LOAD_SP, addr0=base + start, count0=len(part)),
-                     pack_rows(part, g.input_width, g.sp_lanes))
-    for name, rows in acc_data.items():
-        base = regions[name].base
-        assert len(rows) == regions[name].rows, name
-        for start in range(0, len(rows), MAX_LOAD_ROWS):
-            part = rows[start:start + MAX_LOAD_ROWS]
-            load.add(Instruction(Opcode.LOAD_ACC, addr0=base + start, count0=len(part)),
-                     pack_acc_lanes(part, g.acc_width))
-    for start in range(0, len(emitter.words), MAX_LOAD_ROWS):
-        part = emitter.words[start:start + MAX_LOAD_ROWS]
-        load.add(Instruction(Opcode.LOAD_PROG, addr0=start, count0=len(part)),
-                 b"".join(encode(w) for w in part))
+            load.add(Instruction(op, addr0=region.base + start, count0=len(part)), pack[op](part))
     return ModelImage(geometry=g, desc=desc, regions=regions, sp_rows=sp_rows, acc_rows=acc_rows,
                       load=load, words=emitter.words, labels=emitter.labels,
                       prompt_branch_word=prompt_branch, loop_word=loop, max_tokens=T)
