@@ -195,11 +195,14 @@ def train_standalone(sub: SubnetConfig, tokens: torch.Tensor, *, steps: int, bat
     return model.eval()
 
 
+def _init_worker():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+
+
 def _standalone_job(args):
     """One subnet's standalone run in a worker; writes ``<key>.json`` and ``<key>.pt``."""
     sub_dict, where, supernet_config, steps, batch, eval_tokens, seed, threads = args
     torch.set_num_threads(threads)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     sub = SubnetConfig.from_dict(sub_dict)
     run = load_run_config(supernet_config)
     corpus = load_corpus(run.train.corpus, run.train.corpus_path or None)
@@ -240,7 +243,8 @@ def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False
     if jobs:
         t0 = time.perf_counter()
         if workers > 1:
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=_init_worker) as pool:
                 for i, r in enumerate(pool.map(_standalone_job, jobs)):
                     say(f"[{i + 1}/{len(jobs)}] standalone ppl {r['standalone_ppl']:.3f} "
                         f"({r['train_s']:.0f} s) {SubnetConfig.from_dict(r['subnet']).short()}")
