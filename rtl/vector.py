@@ -239,8 +239,8 @@ class VectorUnit(wiring.Component):
         tag_mask = [Signal(L, name="tag_mask0")] + [Signal(L, name=f"tag_mask{k}") for k in stages]
         flush = Signal()           # a new pass: lanes left from the last one are dropped
         for k in range(1, depth + 1):
-            m.d.sync += [tag_valid[k].eq(tag_valid[k - 1] & ~flush), tag_last[k].eq(tag_last[k - 1]),
-                         tag_mask[k].eq(tag_mask[k - 1])]
+            m.d.sync += [tag_valid[k].eq(tag_valid[k - 1] & ~flush),
+                         tag_last[k].eq(tag_last[k - 1]), tag_mask[k].eq(tag_mask[k - 1])]
         m.d.comb += tag_last[0].eq(step == S - 1)
         m.d.comb += [tag_mask[0][l].eq(eidx + l < mlimit) for l in range(L)]
         # Rows are written in order: a counter gives the write address.
@@ -603,35 +603,32 @@ class VectorUnit(wiring.Component):
 
             # -------------------------------------------------------- row passes
             with m.State("READ"):
+                # Accumulator rows a pass reads, in order: (base, buffer); the last
+                # stays on the port. PERCHAN adds the multipliers' row.
+                a0, a1_, a2 = ins.addr0 + row, ins.addr1 + row, ins.addr2 + row
+                acc_plan = {
+                    "req": ([(a0, 0)], [(a1_, 1), (a0, 0)]),
+                    "add": ([(a1_, 1), (a0, 0)], [(a1_, 1), (a2, 2), (a0, 0)]),
+                    "layernorm_out": ([(a1_, 1), (ins.addr1 + nrows + row, 2), (a0, 0)],) * 2,
+                }
                 last_read = Signal()
                 with m.Switch(kind):
                     for k in kinds:
                         with m.Case(kind_id[k]):
-                            if k == "req":
+                            if k in acc_plan:
+                                plain, with_perchan = acc_plan[k]
                                 with m.If(perchan):
-                                    acc_reads([(ins.addr1 + row, 1), (ins.addr0 + row, 0)], last_read, latch)
+                                    acc_reads(with_perchan, last_read, latch)
                                 with m.Else():
-                                    acc_reads([(ins.addr0 + row, 0)], last_read, latch)
-                            elif k == "add":
-                                with m.If(perchan):
-                                    acc_reads([(ins.addr1 + row, 1), (ins.addr2 + row, 2),
-                                                            (ins.addr0 + row, 0)], last_read, latch)
-                                with m.Else():
-                                    acc_reads([(ins.addr1 + row, 1), (ins.addr0 + row, 0)],
-                                                    last_read, latch)
-                            elif k == "layernorm_out":
-                                acc_reads([(ins.addr1 + row, 1), (ins.addr1 + nrows + row, 2),
-                                                        (ins.addr0 + row, 0)], last_read, latch)
-                            elif k == "mul":
-                                m.d.comb += [self.sp_r0_en.eq(1), self.sp_r0_addr.eq(ins.addr0 + row),
-                                             self.sp_r1_en.eq(1), self.sp_r1_addr.eq(ins.addr1 + row),
+                                    acc_reads(plain, last_read, latch)
+                            elif k in ("mul", "gelu"):
+                                m.d.comb += [self.sp_r0_en.eq(1), self.sp_r0_addr.eq(a0),
+                                             self.sp_r1_en.eq(k == "mul"),
+                                             self.sp_r1_addr.eq(ins.addr1 + row),
                                              last_read.eq(1)]
-                            elif k == "gelu":
-                                m.d.comb += [self.sp_r0_en.eq(1), self.sp_r0_addr.eq(ins.addr0 + row),
-                                             last_read.eq(1)]
-                            else:   # one accumulator vector at addr0
+                            else:   # one accumulator vector at addr0, read while valid
                                 m.d.comb += [self.acc_r_en.eq(eidx < n_valid),
-                                             self.acc_r_addr.eq(ins.addr0 + row), last_read.eq(1)]
+                                             self.acc_r_addr.eq(a0), last_read.eq(1)]
                 with m.If(last_read):
                     m.next = "LANE"
                 with m.Else():
@@ -694,7 +691,8 @@ class VectorUnit(wiring.Component):
                                          d_den.eq(n16)]
                         with m.Case(DIV_INV):
                             q = steps_of[DIV_INV]
-                            m.d.sync += [d_rem.eq((1 << 31) >> q), d_bits.eq(((1 << 31) & ((1 << q) - 1)) << (32 - q)),
+                            low = (1 << 31) & ((1 << q) - 1)
+                            m.d.sync += [d_rem.eq((1 << 31) >> q), d_bits.eq(low << (32 - q)),
                                          d_den.eq(std)]
                     m.d.sync += [d_cnt.eq(Array([C(steps_of[i] - 1, 6) for i in range(4)])[div_sel]),
                                  d_q.eq(0)]
