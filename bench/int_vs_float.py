@@ -8,7 +8,10 @@ writes the quantized file, and scores both on the validation split: the float
 model in PyTorch, the integer model with :class:`firmware.reference.IntegerTransformer`
 (what the hardware computes, logits dequantized by ``logit_scale``).
 
-Prints one table (markdown) for docs/transformer.md.
+Prints one table (markdown) for docs/transformer.md. The quantized files are
+written to ``build/int_vs_float/NAME.npz``; ``firmware/data/variants/`` keeps
+copies of ``glu_lowrank`` and ``shared_none`` (trained models of every FFN
+variant besides the shipped standard one, for the end-to-end RTL tests).
 """
 
 import argparse
@@ -145,7 +148,10 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|")
     for name, model in models.items():
         desc, state = export(model)
-        qm = quantize(desc, state, calibration_tokens(corpus))
+        meta = {"chars": corpus.tokenizer.chars, "command": "python -m bench.int_vs_float"}
+        if name in SUBNETS:
+            meta.update(seed=SUBNETS[name][1], steps=SUBNETS[name][2])
+        qm = quantize(desc, state, calibration_tokens(corpus), meta=meta)
         OUT.mkdir(parents=True, exist_ok=True)
         path = OUT / f"{name}.npz"
         qm.save(path)
