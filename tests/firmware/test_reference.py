@@ -221,3 +221,24 @@ def test_shipped_model_against_float():
     desc = export(model)[0]
     assert desc.weight_bytes() + desc.kv_cache_bytes() < 100 * 1024
     assert SHIPPED.with_suffix(".npz").stat().st_size < 300 * 1024
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "firmware" / "data").glob("**/*.npz")),
+                         ids=lambda p: p.stem)
+def test_committed_models_decode_equals_prefill(path):
+    """Every trained model file in firmware/data: loads, carries its tokenizer, and its
+    decode steps give the prefill's integer logits."""
+    ref = IntegerTransformer.load(path)
+    ids = ref.encode("ROMEO:\nWhat light through yonder")[:24]
+    full = ref.logits(ids)
+    cache = ref.new_cache()
+    rows = [ref.prefill(ids[:4], cache)] + [ref.step(t, cache)[None] for t in ids[4:]]
+    assert torch.equal(torch.cat(rows), full)
+
+
+def test_committed_models_cover_every_variant():
+    from firmware.model import FFN_VARIANTS, QuantizedModel
+    seen = set()
+    for path in (REPO / "firmware" / "data").glob("**/*.npz"):
+        seen |= set(QuantizedModel.load(path).desc.ffn_variants)
+    assert seen == set(FFN_VARIANTS)
