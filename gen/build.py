@@ -335,6 +335,7 @@ class Build:
         self.multipliers_in_luts = 0
         self.yosys_runs = []     # seconds of each Yosys run of the synth stage
         self.overflow = {}
+        self.fit_check_s = None  # seconds from the end of the first synthesis to the verdict
         self._current = "setup"
 
     @property
@@ -564,9 +565,7 @@ class Build:
         self._plan = None
 
     def _stage_synth(self):
-        self._script_after_read = None
-        self._plan = None           # top.v may be new
-        plan, _ = self.plan()
+        plan, _ = self.plan()       # the plan the key hashed (the verilog stage resets it)
         for stale in self._outputs("synth") + ["report.json", "resources.json"]:
             (self.out / stale).unlink(missing_ok=True)
         plan.extract(self.out)
@@ -576,7 +575,11 @@ class Build:
                  else f"{self.device.part} (device only, top.v's ports)")
         _progress("synth", f"yosys: {where}, log {self.out / (NAME + '.rpt')}")
         self._yosys(argv)
-        self._check_fit()
+        synthesized = time.monotonic()
+        try:
+            self._check_fit()
+        finally:
+            self.fit_check_s = round(time.monotonic() - synthesized, 2)
         self.multipliers_in_luts = self._fit_dsp_budget(argv)
 
     def _yosys(self, argv):
@@ -897,6 +900,7 @@ class Build:
             "tools": {**tool_versions(), **self.tool_versions, "toolchain": self.toolchain.kind},
             "stage_s": {s: r.get("seconds") for s, r in self.stages.items()},
             "yosys_runs_s": self.yosys_runs or synth_record.get("yosys_runs_s", []),
+            "fit_check_s": self.fit_check_s,
             "wall_s": round(wall_s, 2) if wall_s is not None else None,
         }
         if error and error.status == "does_not_fit" and not record["overflow"]:

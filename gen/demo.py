@@ -46,7 +46,6 @@ class DemoContext:
     out: pathlib.Path                 # build/NAME: every step's outputs go here
     args: argparse.Namespace
     outputs: dict = field(default_factory=dict)   # step name -> whatever it produced
-    stages: dict = field(default_factory=dict)    # for manifest.json
 
 
 STEPS: list = []   # [(name, fn)] in order
@@ -70,14 +69,17 @@ def _say(step: str, message: str):
 
 
 def step_verilog(ctx: DemoContext):
-    from .build import generate_verilog, write_manifest
+    # Through gen.build, so its stage keys stay in the manifest and the bitstream step
+    # finds the later stages up to date.
+    from .build import build, BuildError
     start = time.monotonic()
-    path = generate_verilog(ctx.config, ctx.out / "top.v")
+    try:
+        path = build(ctx.config, ctx.out, stage="verilog").out / "top.v"
+    except BuildError as e:
+        raise DemoError(str(e), code=e.code) from None
     seconds = time.monotonic() - start
     ctx.outputs["verilog"] = path
-    ctx.stages["verilog"] = {"seconds": round(seconds, 2), "output": "top.v"}
-    write_manifest(ctx.out, ctx.config, ctx.stages)
-    _say("verilog", f"wrote {path} ({path.stat().st_size // 1024} KiB) in {seconds:.1f} s")
+    _say("verilog", f"{path} ({path.stat().st_size // 1024} KiB) in {seconds:.1f} s")
 
 
 def step_simulate(ctx: DemoContext):

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 
 import pytest
 
@@ -101,7 +102,10 @@ def test_tiny_record_is_numeric(tiny_build):
 def test_second_run_is_up_to_date(tiny_build, capsys):
     assert main(["--config", str(TINY), "--stage", "bitstream", "--out", str(tiny_build)]) == 0
     err = capsys.readouterr().err
-    for stage in ("verilog", "synth", "pnr", "bitstream"):
+    # rtl/ may have changed meanwhile (a comment): then the Verilog is elaborated again,
+    # comes out the same, and nothing after it runs.
+    assert "[verilog] up to date" in err or "[verilog] the same Verilog as before" in err
+    for stage in ("synth", "pnr", "bitstream"):
         assert f"[{stage}] up to date" in err
 
 
@@ -295,11 +299,12 @@ def test_comments_change_no_key(tmp_path):
 
 @pytest.fixture(scope="session")
 def too_big_build(tmp_path_factory):
-    """8x8 on the iCEBreaker: more FFs than the UP5K has, found after the first synthesis."""
+    """4x6 on the iCEBreaker: more FFs than the UP5K has logic cells (about 6400 of 5280),
+    found after the first synthesis."""
     root = tmp_path_factory.mktemp("too-big")
-    config = root / "up5k-8x8.toml"
-    config.write_text(TINY.read_text().replace("rows = 2", "rows = 8").replace("cols = 2",
-                                                                               "cols = 8"))
+    config = root / "up5k-4x6.toml"
+    config.write_text(TINY.read_text().replace("rows = 2", "rows = 4").replace("cols = 2",
+                                                                               "cols = 6"))
     return config, root / "out"
 
 
@@ -318,8 +323,7 @@ def test_too_big_for_up5k_fails_right_after_first_synthesis(too_big_build, capsy
         assert record["synth_resources"][name]["used"] == over["used"]
     assert record["synth_cells"]["SB_LUT4"] > 0 and record["multipliers_in_luts"] == 0
     # One synthesis, then the check: nothing else ran (no second synthesis, no nextpnr).
-    assert len(record["yosys_runs_s"]) == 1
-    assert record["stage_s"]["synth"] - record["yosys_runs_s"][0] < 20
+    assert len(record["yosys_runs_s"]) == 1 and record["fit_check_s"] < 10
     assert not (out / "board.tim").exists() and not (out / "board.muls.log").exists()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["stages"]["synth"]["state"] == "does_not_fit"
@@ -334,10 +338,9 @@ def hx8k_build(tmp_path_factory):
     config = root / "tiny-hx8k.toml"
     with open(root / "tiny-hx8k.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (out / "record.json").exists():
-            config.write_text(TINY.read_text().replace('board = "icebreaker"', 'device = "hx8k"')
-                              .replace("clock_mhz = 12.0", "clock_mhz = 200.0"))
-            main(["--config", str(config), "--stage", "bitstream", "--out", str(out)])
+        config.write_text(TINY.read_text().replace('board = "icebreaker"', 'device = "hx8k"')
+                          .replace("clock_mhz = 12.0", "clock_mhz = 200.0"))
+        assert main(["--config", str(config), "--stage", "pnr", "--out", str(out)]) == 1
     return config, out
 
 
@@ -347,27 +350,29 @@ def test_device_only_target_places_on_hx8k(hx8k_build):
     assert res["device"] == "iCE40HX8K-CT256" and res["board"] is None
     assert 0 < res["resources"]["lcs"]["used"] <= res["resources"]["lcs"]["available"] == 7680
     assert res["resources"]["ios"]["used"] >= 20          # top.v's ports are the pins
-    assert set(res["clocks"]) == {"clk"} and res["constraint_mhz"] == 200.0
+    (clock,) = res["clocks"]                       # top.v's clk, from its pin
+    assert clock.startswith("clk") and res["constraint_mhz"] == 200.0
     record = json.loads((out / "record.json").read_text())
-    assert record["device"] == "iCE40HX8K-CT256" and record["fmax_mhz"]["clk"] > 0
+    assert record["device"] == "iCE40HX8K-CT256" and record["fmax_mhz"][clock] > 0
     assert record["resources"]["lcs"]["available"] == 7680
 
 
 def test_timing_miss_is_reported_again_without_pnr(hx8k_build, capsys):
     config, out = hx8k_build
-    record = json.loads((out / "record.json").read_text())
-    assert record["status"] == "timing_missed" and record["timing_met"] is False
     pnr_log = (out / "board.pnr.log").read_text()
     placed = (out / "board.asc").stat().st_mtime_ns
     assert main(["--config", str(config), "--stage", "pnr", "--out", str(out)]) == 1
     captured = capsys.readouterr().err
     assert "[pnr] up to date" in captured
     line = [line for line in captured.splitlines() if line.startswith("error:")][-1]
-    fmax = record["fmax_mhz"]["clk"]
+    (fmax,) = json.loads((out / "resources.json").read_text())["clocks"].values()
+    fmax = fmax["fmax_mhz"]
     assert f"timing missed: the clock reaches {fmax:.2f} MHz, the constraint is 200.00 MHz" in line
     assert "stored result" in line
     assert (out / "board.pnr.log").read_text() == pnr_log     # nextpnr did not run
     assert (out / "board.asc").stat().st_mtime_ns == placed
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "timing_missed" and record["timing_met"] is False
     # Allowed, the stored placement goes on to the bitstream.
     assert main(["--config", str(config), "--stage", "bitstream", "--out", str(out),
                  "--allow-timing-fail"]) == 0
@@ -431,8 +436,15 @@ def test_sigterm_stops_cleanly_and_keeps_logs(tmp_path):
 @pytest.mark.parametrize("board, loader_board", [("icebreaker", "ice40_generic"),
                                                  ("ulx3s-85f", "ulx3s"),
                                                  ("orangecrab-25f", "orangeCrab")])
+def _on_board(board):
+    """The tiny accelerator on ``board``."""
+    document = tomllib.loads(TINY.read_text())
+    document["target"] = {"board": board}
+    return parse_config(document)
+
+
 def test_openfpgaloader_command_per_board(tmp_path, board, loader_board):
-    build = Build(parse_config({"target": {"board": board}}), tmp_path)
+    build = Build(_on_board(board), tmp_path)
     loader = Toolchain().tool("openFPGALoader").path
     assert build.commands("program") == [[loader, "-b", loader_board, str(build.bitstream)]]
     known = subprocess.run([loader, "--list-boards"], capture_output=True, text=True)
@@ -451,8 +463,7 @@ def test_amaranth_programmer_runs_the_boards_own_command(tmp_path, monkeypatch, 
     fake.write_text(f"#!/bin/sh\nfor a in \"$@\"; do echo \"$a\"; done > {tmp_path}/argv\n")
     fake.chmod(0o755)
     monkeypatch.setenv(env, str(fake))
-    build = Build(parse_config({"target": {"board": board}}), tmp_path / "o",
-                  programmer="amaranth")
+    build = Build(_on_board(board), tmp_path / "o", programmer="amaranth")
     build.out.mkdir()
     build.bitstream.write_bytes(b"bitstream")
     build.program()
