@@ -2,6 +2,7 @@
 
     python -m bench.dsp_fmax configs/default.toml configs/orangecrab-25f.toml \\
         [--multipliers generic,auto] [--clock-mhz 150] [--out build/dsp_fmax]
+    python -m bench.dsp_fmax configs/default.toml --array 12x12 --multipliers auto
     python -m bench.dsp_fmax --bare 16x1 [--device 85k] [--multipliers generic,ecp5]
 
 Each config is built (``gen.build``, up to ``--stage``, default ``pnr``; timing
@@ -31,17 +32,21 @@ from gen.build import REPO, multiplier_for
 from gen.config import Config, ConfigError, load_config
 
 
-def variants(config: Config, multipliers, clock_mhz=None):
-    """``config`` once per multiplier (and at ``clock_mhz``), each named after both."""
+def variants(config: Config, multipliers, clock_mhz=None, array=None):
+    """``config`` once per multiplier (at ``clock_mhz``, with ``array`` = (rows, cols)),
+    each named after what changed."""
     target = config.target
     if clock_mhz:
         target = dataclasses.replace(target, clock_mhz=clock_mhz)
-    suffix = f"-{clock_mhz:g}mhz" if clock_mhz else ""
+    suffix = (f"-{array[0]}x{array[1]}" if array else "") + (f"-{clock_mhz:g}mhz" if clock_mhz else "")
+    base = dataclasses.replace(config.accelerator, rows=array[0], cols=array[1]) if array \
+        else config.accelerator
     for multiplier in multipliers:
-        acc = dataclasses.replace(config.accelerator, multiplier=multiplier)
+        acc = dataclasses.replace(base, multiplier=multiplier)
         yield Config(name=f"{config.name}-{multiplier}{suffix}", accelerator=acc, target=target,
                      source=f"{config.source} with multiplier = {multiplier!r}"
-                            + (f", clock_mhz = {clock_mhz:g}" if clock_mhz else ""))
+                            + (f", clock_mhz = {clock_mhz:g}" if clock_mhz else "")
+                            + (f", {array[0]}x{array[1]}" if array else ""))
 
 
 def bare_array(rows, cols, multiplier, device, out: pathlib.Path, freq_mhz=250) -> dict:
@@ -96,6 +101,7 @@ def main(argv=None):
     parser.add_argument("--multipliers", default="generic,auto",
                         help="[accelerator] multiplier values (default: %(default)s)")
     parser.add_argument("--clock-mhz", type=float, help="constraint (default: each config's)")
+    parser.add_argument("--array", help="ROWSxCOLS instead of each config's")
     parser.add_argument("--stage", default="pnr", help="last stage (default: pnr)")
     parser.add_argument("--out", type=pathlib.Path, default=REPO / "build" / "dsp_fmax")
     parser.add_argument("--results", type=pathlib.Path)
@@ -109,18 +115,26 @@ def main(argv=None):
                                         args.out / f"bare-{args.device}-{args.bare}-{multiplier}"))
         return 0
     try:
+        array = tuple(int(n) for n in args.array.lower().split("x")) if args.array else None
         configs = [variant for path in args.configs
                    for variant in variants(load_config(path), args.multipliers.split(","),
-                                           args.clock_mhz)]
+                                           args.clock_mhz, array)]
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for config in configs:
-        row = build_one(config, args.out / config.name, args.stage)
-        acc = config.accelerator
-        row["multiplier"] = multiplier_for(config)
-        if row.get("fmax_mhz"):
-            row["peak_gmacs"] = round(acc.rows * acc.cols * row["fmax_mhz"] / 1e3, 2)
+        out = args.out / config.name
+        row = {"config": config.name, "multiplier": multiplier_for(config),
+               "build": build_one(config, out, args.stage)}
+        try:    # the report of the place and route, also when timing was missed
+            pnr = json.loads((out / "resources.json").read_text())
+        except (OSError, ValueError):
+            pnr = None
+        if pnr and pnr.get("fmax_mhz"):
+            acc = config.accelerator
+            row.update(fmax_mhz=pnr["fmax_mhz"], critical_path=pnr.get("critical_path"),
+                       used={k: v["used"] for k, v in pnr["resources"].items()},
+                       peak_gmacs=round(acc.rows * acc.cols * pnr["fmax_mhz"] / 1e3, 2))
         _record(results, row)
     return 0
 
