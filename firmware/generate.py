@@ -127,6 +127,8 @@ def _generate(args) -> int:
     from .compile_model import ModelRefused, CycleModel
     from .model import QuantizedModel
     from .runtime import DeviceError
+    from .serial import LinkError
+    from .sim import SimError
     try:
         config = load_config(args.config)
     except ConfigError as e:
@@ -194,8 +196,8 @@ def _generate(args) -> int:
         return 0
     except ModelRefused as e:
         raise GenerateError(str(e)) from None
-    except DeviceError as e:
-        raise GenerateError(str(e)) from None
+    except (DeviceError, SimError, LinkError) as e:
+        raise GenerateError(str(e).splitlines()[0]) from None
     finally:
         device.close()
 

@@ -27,6 +27,7 @@ front of each run; :attr:`Device.cycles` then counts only what follows it.
 from fractions import Fraction
 import math
 import os
+import sys
 import typing
 
 import numpy as np
@@ -151,6 +152,29 @@ class Device:
     def keeps_state(self) -> bool:
         return getattr(self.backend, "keeps_state", True)
 
+    def _silence(self, prompt: int):
+        """Let a simulator wait through a RUN's longest stretch without a reply byte (the
+        positions up to the first EMIT): its hang detector (``firmware.sim.MAX_IDLE_CYCLES``)
+        is raised for the run, by the cycle model's count."""
+        import contextlib
+        module = sys.modules.get(type(self.backend).__module__)
+        limit = getattr(module, "MAX_IDLE_CYCLES", None)
+        if self.keeps_state or limit is None or self.image is None:
+            return contextlib.nullcontext()
+        from .compile_model import CycleModel
+        if getattr(self, "_cycle_model", None) is None or self._cycle_model.image is not self.image:
+            self._cycle_model = CycleModel(self.image)
+        needed = 2 * self._cycle_model.prefill_cycles(prompt) + 10_000
+
+        @contextlib.contextmanager
+        def raised():
+            module.MAX_IDLE_CYCLES = max(limit, needed)
+            try:
+                yield
+            finally:
+                module.MAX_IDLE_CYCLES = limit
+        return raised()
+
     def _exchange(self, stream: bytes, reply_bytes: int) -> bytes:
         """Send ``stream``, return its ``reply_bytes`` reply bytes; sets :attr:`cycles`."""
         if self._preamble and not self.keeps_state:
@@ -201,11 +225,14 @@ class Device:
         """Run the model on ``prompt_ids`` and yield the ``n`` token ids it generates, each as
         soon as it arrives. Raises :class:`DeviceError` if the device reports an error."""
         image = self._image()
-        run, payload = image.run_step(prompt_ids, n)
+        ids = list(prompt_ids)
+        run, payload = image.run_step(ids, n)
         stream = encode(run) + payload
         pending = b""
         got = 0
-        for chunk in self._stream(stream, 2 * n):
+        with self._silence(len(ids)):
+            chunks = list(self._stream(stream, 2 * n)) if not self.keeps_state else None
+        for chunk in chunks if chunks is not None else self._stream(stream, 2 * n):
             pending += chunk
             while len(pending) >= 2 and got < n:
                 token = int.from_bytes(pending[:2], "little")
@@ -227,7 +254,8 @@ class Device:
             run, payload = image.run_step(ids[:p], 0)
             stream += encode(run) + payload + encode(store)
         status = Instruction(Opcode.STATUS)
-        reply = self._exchange(bytes(stream) + encode(status), len(ids) * row_bytes + 4)
+        with self._silence(len(ids)):
+            reply = self._exchange(bytes(stream) + encode(status), len(ids) * row_bytes + 4)
         self._check_status(self._decode_status(reply[-4:]), "computing logits")
         g = self.geometry
         rows = unpack_acc_lanes(reply[:-4], g.acc_width, g.cols)

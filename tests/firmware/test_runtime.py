@@ -200,5 +200,5 @@ def test_a_transformer_over_the_serial_link_to_a_simulated_board():
     reference.load(qmodel)
     device = Device(g, backend)
     device.load(qmodel)
-    assert list(device.generate([3, 1], 3)) == list(reference.generate([3, 1], 3))
-    assert list(device.generate([2], 2)) == list(reference.generate([2], 2))   # one load
+    assert list(device.generate([3, 1], 2)) == list(reference.generate([3, 1], 2))
+    assert list(device.generate([2], 3)) == list(reference.generate([2], 3))   # one load
