@@ -433,9 +433,6 @@ def test_sigterm_stops_cleanly_and_keeps_logs(tmp_path):
 
 # -- programming
 
-@pytest.mark.parametrize("board, loader_board", [("icebreaker", "ice40_generic"),
-                                                 ("ulx3s-85f", "ulx3s"),
-                                                 ("orangecrab-25f", "orangeCrab")])
 def _on_board(board):
     """The tiny accelerator on ``board``."""
     document = tomllib.loads(TINY.read_text())
@@ -443,6 +440,9 @@ def _on_board(board):
     return parse_config(document)
 
 
+@pytest.mark.parametrize("board, loader_board", [("icebreaker", "ice40_generic"),
+                                                 ("ulx3s-85f", "ulx3s"),
+                                                 ("orangecrab-25f", "orangeCrab")])
 def test_openfpgaloader_command_per_board(tmp_path, board, loader_board):
     build = Build(_on_board(board), tmp_path)
     loader = Toolchain().tool("openFPGALoader").path
