@@ -212,7 +212,15 @@ class Device:
         self.image = image
         self._check_status(self._decode_status(reply[1:]), "loading the model")
         if not self.keeps_state:
-            self._preamble, self._preamble_cycles = stream, cycles or 0
+            # The next run's first bytes go in while the preamble's last reply bytes still
+            # leave; the cycle model says how many cycles that overlap takes, so cycles of a
+            # run count from its own first byte, as on a device that keeps its state.
+            from .cycles import cycle_report
+            sync = encode(Instruction(Opcode.SYNC, tag=_SYNC_TAG))
+            overlap = cycle_report(stream, self.geometry).total_cycles + \
+                cycle_report(sync, self.geometry).total_cycles - \
+                cycle_report(stream + sync, self.geometry).total_cycles
+            self._preamble, self._preamble_cycles = stream, (cycles or 0) - overlap
         self.cycles = cycles
         return image
 

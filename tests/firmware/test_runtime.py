@@ -164,8 +164,9 @@ def _check_on(device, qmodel, config):
     image = device.load(qmodel)
     tokens = list(device.generate([1, 2], 2))
     assert tokens == list(reference.generate([1, 2], 2))
-    if device.cycles is not None:       # the decode step costs what the cycle model says
+    if device.cycles is not None:       # the RTL counts what the cycle model says
         first = device.cycles
+        assert first == CycleModel(image).run_cycles(2, 2)
         list(device.generate([1, 2], 1))
         assert first - device.cycles == CycleModel(image).decode_cycles(2)
     np.testing.assert_array_equal(device.logits([1, 2, 3]), reference.logits([1, 2, 3]))
