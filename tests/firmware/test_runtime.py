@@ -142,7 +142,7 @@ def test_generate_before_load_is_refused():
 
 # -- the same tiny Transformer on every backend --------------------------------------------
 
-def _tiny_transformer():
+def _tiny_transformer(variant="glu"):
     """A 2x2 config with every vector unit and a one-layer model small enough for the Python
     simulators (the 2-layer d_model 64 checks are in test_compile_model.py)."""
     from gen.config import parse_config
@@ -153,11 +153,11 @@ def _tiny_transformer():
                         "units": ["elementwise", "gelu", "softmax", "layernorm", "embed",
                                   "argmax"]},
         "target": {"board": "icebreaker", "clock_mhz": 12.0}}, name="tiny_transformer")
-    desc = small_desc("glu", vocab=6, context=4, d_model=4, heads=1, head_dim=2, ffn=4, layers=1)
+    desc = small_desc(variant, vocab=6, context=4, d_model=4, heads=1, head_dim=2, ffn=4, layers=1)
     return config, random_qmodel(desc, seed=4)
 
 
-def _check_on(device, qmodel, config):
+def _check_on(device, qmodel, config, *, full=True):
     from firmware.compile_model import CycleModel
     reference = Device.functional(config)
     reference.load(qmodel)
@@ -167,10 +167,14 @@ def _check_on(device, qmodel, config):
     if device.cycles is not None:       # the RTL counts what the cycle model says
         first = device.cycles
         assert first == CycleModel(image).run_cycles(2, 2)
+    # (The Python simulator elaborates the design for every run: fewer runs there.)
+    if full and device.cycles is not None:
         list(device.generate([1, 2], 1))
         assert first - device.cycles == CycleModel(image).decode_cycles(2)
-    np.testing.assert_array_equal(device.logits([1, 2, 3]), reference.logits([1, 2, 3]))
-    assert device.status().ok
+    prompt = [1, 2, 3] if full else [1, 2]
+    np.testing.assert_array_equal(device.logits(prompt), reference.logits(prompt))
+    if full:
+        assert device.status().ok
 
 
 @pytest.mark.parametrize("backend", ["amaranth", "icarus"])
@@ -181,7 +185,7 @@ def test_a_transformer_on_the_simulated_rtl(backend):
         device = Device.simulated(config, backend)
     except sim.SimToolMissing as e:
         pytest.skip(str(e))
-    _check_on(device, qmodel, config)
+    _check_on(device, qmodel, config, full=backend != "amaranth")
 
 
 @pytest.mark.slow
@@ -191,7 +195,7 @@ def test_a_transformer_over_the_serial_link_to_a_simulated_board():
     from boards.top import BoardTop
     from firmware.serial import SerialBackend
     from rtl.top import Accelerator
-    config, qmodel = _tiny_transformer()
+    config, qmodel = _tiny_transformer("none")      # the fewest bytes to load over the UART
     g = config.accelerator.geometry
     port = SimSerialPort(BoardTop(BOARDS["icebreaker"], Accelerator(g), divisor=4,
                                   timeout_cycles=600))
