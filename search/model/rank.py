@@ -63,6 +63,9 @@ class RankConfig:
         around the median m of the fitting candidates: max/min <= band.
     steps, batch_size : standalone training (0 = the supernet's, i.e. as many
         tokens as the supernet gave each subnet of a sandwich step).
+    finetune_steps : when > 0, each subnet's extracted weights are also
+        fine-tuned this many steps (the supernet's batch and peak learning rate,
+        10% warmup, cosine) and the correlation reported before and after.
     eval_tokens : validation tokens (stratified over the split) per score.
     bootstrap : bootstrap resamples for the confidence intervals.
     threads : torch threads per worker.
@@ -76,6 +79,7 @@ class RankConfig:
     mac_band: float = 2.0
     steps: int = 0
     batch_size: int = 0
+    finetune_steps: int = 0
     eval_tokens: int = 65536
     bootstrap: int = 2000
     threads: int = 1
@@ -86,7 +90,7 @@ class RankConfig:
             raise ValueError(f"subnets must be at least 3, not {self.subnets!r}")
         if self.weight_kib <= 0 or self.mac_band < 1:
             raise ValueError("weight_kib must be positive and mac_band at least 1")
-        for name in ("steps", "batch_size", "eval_tokens", "bootstrap", "threads", "seed"):
+        for name in ("steps", "batch_size", "finetune_steps", "eval_tokens", "bootstrap", "threads", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)!r}")
 
@@ -174,11 +178,12 @@ def pick_subnets(space: SearchSpace, n: int, *, weight_kib: float, mac_band: flo
 
 
 def train_standalone(sub: SubnetConfig, tokens: torch.Tensor, *, steps: int, batch_size: int, train_cfg,
-                     seed: int) -> Transformer:
-    """``sub`` trained from scratch as a plain :class:`Transformer` with the
-    supernet's optimizer, learning-rate schedule and clipping."""
+                     seed: int, model: Transformer | None = None) -> Transformer:
+    """``sub`` trained as a plain :class:`Transformer` with the supernet's
+    optimizer, learning-rate schedule and clipping: from scratch, or from
+    ``model``'s weights (a fine-tune of an extracted subnet)."""
     torch.manual_seed(seed)
-    model = Transformer(sub)
+    model = Transformer(sub) if model is None else model
     cfg = replace(train_cfg, steps=steps)
     opt = _optimizer(model, cfg)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -268,15 +273,27 @@ def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False
         r["params"], r["macs_per_token"] = count_params(s), macs_per_token(s, s.context_len)
         r["short"] = s.short()
         rows.append(r)
-    x, y = [r["inherited_ppl"] for r in rows], [r["standalone_ppl"] for r in rows]
-    ci = lambda stat: bootstrap_ci(stat, x, y, resamples=cfg.bootstrap, seed=cfg.seed)
-    summary = {"kendall_tau": kendall_tau(x, y), "kendall_tau_ci95": ci(kendall_tau),
-               "spearman_rho": spearman_rho(x, y), "spearman_rho_ci95": ci(spearman_rho),
-               "subnets": len(rows), "standalone_steps": steps, "standalone_batch": batch,
+    y = [r["standalone_ppl"] for r in rows]
+    summary = {**_correlations([r["inherited_ppl"] for r in rows], y, cfg), "subnets": len(rows), "standalone_steps": steps, "standalone_batch": batch,
                "supernet_steps": run.train.steps, "supernet_batch": run.train.batch_size,
                "eval_tokens": cfg.eval_tokens, "checkpoint": str(checkpoint)}
     summary["tau_and_params"] = kendall_tau([r["params"] for r in rows], y)
     summary["tau_and_macs"] = kendall_tau([r["macs_per_token"] for r in rows], y)
+    if cfg.finetune_steps:
+        ft_cfg = replace(run.train, warmup_steps=max(1, cfg.finetune_steps // 10))
+        for i, (s, r) in enumerate(zip(subs, rows)):
+            path = where / f"{s.key()}.finetune{cfg.finetune_steps}.json"
+            if not path.exists():
+                t0 = time.perf_counter()
+                model = train_standalone(s, corpus.train, steps=cfg.finetune_steps, batch_size=batch,
+                                         train_cfg=ft_cfg, seed=cfg.seed + i, model=net.extract(s))
+                ppl = math.exp(nll(model, None, corpus.valid, max_tokens=cfg.eval_tokens))
+                _atomic_write(path, json.dumps({"finetuned_ppl": ppl, "seconds": time.perf_counter() - t0}))
+            r["finetuned_ppl"] = json.loads(path.read_text())["finetuned_ppl"]
+            say(f"fine-tuned {cfg.finetune_steps} steps: ppl {r['inherited_ppl']:.3f} -> "
+                f"{r['finetuned_ppl']:.3f} {s.short()}")
+        summary["finetuned"] = {"steps": cfg.finetune_steps,
+                                **_correlations([r["finetuned_ppl"] for r in rows], y, cfg)}
     _atomic_write(out / "table.json", json.dumps({"summary": summary, "rows": rows}, indent=2) + "\n")
     _atomic_write(out / "table.md", format_table(rows, summary, cfg) + "\n")
     _plot(rows, summary, out / "rank.png")
@@ -286,24 +303,37 @@ def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False
     return summary
 
 
+def _correlations(x, y, cfg: RankConfig) -> dict:
+    ci = lambda stat: bootstrap_ci(stat, x, y, resamples=cfg.bootstrap, seed=cfg.seed)
+    return {"kendall_tau": kendall_tau(x, y), "kendall_tau_ci95": ci(kendall_tau),
+            "spearman_rho": spearman_rho(x, y), "spearman_rho_ci95": ci(spearman_rho)}
+
+
+def _correlation_line(c) -> str:
+    (lo, hi), (rlo, rhi) = c["kendall_tau_ci95"], c["spearman_rho_ci95"]
+    return (f"Kendall tau {c['kendall_tau']:.3f} (95% CI {lo:.3f} to {hi:.3f}); "
+            f"Spearman rho {c['spearman_rho']:.3f} (95% CI {rlo:.3f} to {rhi:.3f})")
+
+
 def format_table(rows, summary, cfg: RankConfig) -> str:
-    lo, hi = summary["kendall_tau_ci95"]
-    rlo, rhi = summary["spearman_rho_ci95"]
+    ft = summary.get("finetuned")
     lines = [f"{summary['subnets']} subnets with int8 weights <= {cfg.weight_kib:g} KiB in a "
              f"{cfg.mac_band:g}x band of MACs/token; standalone: {summary['standalone_steps']} steps x "
              f"{summary['standalone_batch']} sequences (supernet: {summary['supernet_steps']} x "
              f"{summary['supernet_batch']} per subnet); valid ppl on {cfg.eval_tokens} stratified tokens.",
              "",
-             f"Kendall tau {summary['kendall_tau']:.3f} (95% CI {lo:.3f} to {hi:.3f}); "
-             f"Spearman rho {summary['spearman_rho']:.3f} (95% CI {rlo:.3f} to {rhi:.3f}); "
-             f"bootstrap over subnets, {cfg.bootstrap} resamples. For reference, tau of parameters "
-             f"with standalone ppl {summary['tau_and_params']:.3f}, of MACs {summary['tau_and_macs']:.3f}.",
-             "",
-             "| subnet | params | MACs/token | inherited ppl | standalone ppl |",
-             "|---|---:|---:|---:|---:|"]
+             f"Inherited vs standalone: {_correlation_line(summary)}; bootstrap over subnets, "
+             f"{cfg.bootstrap} resamples. For reference, tau of parameters with standalone ppl "
+             f"{summary['tau_and_params']:.3f}, of MACs {summary['tau_and_macs']:.3f}.",
+             ""]
+    if ft:
+        lines += [f"After fine-tuning the extracted weights {ft['steps']} steps: {_correlation_line(ft)}.", ""]
+    lines += ["| subnet | params | MACs/token | inherited ppl | " + ("fine-tuned ppl | " if ft else "")
+              + "standalone ppl |", "|---|---:|---:|---:|" + ("---:|" if ft else "") + "---:|"]
     for r in sorted(rows, key=lambda r: r["standalone_ppl"]):
         lines.append(f"| `{r['short']}` | {r['params']:,} | {r['macs_per_token']:,.0f} | "
-                     f"{r['inherited_ppl']:.3f} | {r['standalone_ppl']:.3f} |")
+                     f"{r['inherited_ppl']:.3f} | " + (f"{r['finetuned_ppl']:.3f} | " if ft else "")
+                     + f"{r['standalone_ppl']:.3f} |")
     return "\n".join(lines)
 
 
@@ -315,7 +345,12 @@ def _plot(rows, summary, path):
     x, y = [r["inherited_ppl"] for r in rows], [r["standalone_ppl"] for r in rows]
     sc = ax.scatter(x, y, c=[r["params"] / 1e3 for r in rows], cmap="viridis")
     fig.colorbar(sc, ax=ax, label="parameters (thousands)")
-    ax.set_xlabel("inherited from the supernet: valid ppl")
+    if "finetuned" in summary:
+        ax.scatter([r["finetuned_ppl"] for r in rows], y, facecolors="none", edgecolors="gray",
+                   label=f"after a {summary['finetuned']['steps']}-step fine-tune "
+                         f"(tau {summary['finetuned']['kendall_tau']:.2f})")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("from the supernet (filled: inherited): valid ppl")
     ax.set_ylabel("trained standalone: valid ppl")
     lo, hi = summary["kendall_tau_ci95"]
     ax.set_title(f"Kendall tau {summary['kendall_tau']:.2f} [{lo:.2f}, {hi:.2f}], "

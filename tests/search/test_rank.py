@@ -67,6 +67,7 @@ out = "{tmp_path / 'super'}"
 [rank]
 supernet_config = "{tmp_path / 'super.toml'}"
 subnets = 4
+finetune_steps = 2
 weight_kib = 20
 mac_band = 3
 eval_tokens = 1024
@@ -82,6 +83,8 @@ out = "{tmp_path / 'rank'}"
     assert s["subnets"] == 4 and s["standalone_steps"] == 6 and s["standalone_batch"] == 4
     assert s["kendall_tau_ci95"][0] <= s["kendall_tau"] <= s["kendall_tau_ci95"][1]
     assert all(1 < r["inherited_ppl"] < 100 and 1 < r["standalone_ppl"] < 100 for r in result["rows"])
+    assert s["finetuned"]["steps"] == 2 and "After fine-tuning the extracted weights 2 steps" in table
+    assert all(r["finetuned_ppl"] != r["inherited_ppl"] for r in result["rows"])
     assert (tmp_path / "rank" / "rank.png").stat().st_size > 1000
     # A rerun trains nothing again.
     before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "rank" / "standalone").glob("*.json"))
