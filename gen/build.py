@@ -419,6 +419,9 @@ class Build:
         self.stages[stage] = {"key": key, "state": state, "outputs": self._outputs(stage),
                               **({"seconds": round(seconds, 2)} if seconds is not None else {}),
                               **extra}
+        self._save_manifest()
+
+    def _save_manifest(self):
         tools = {f"{name} (used)": version for name, version in self.tool_versions.items()}
         tools["toolchain"] = self.toolchain.kind
         write_manifest(self.out, self.config, self.stages, tools)
@@ -562,10 +565,11 @@ class Build:
         generate_verilog(self.config, top_v)
         if before == top_v.read_bytes():
             _progress("verilog", "the same Verilog as before: later stages keep their keys")
-        self._plan = None
+        else:
+            self._plan = None       # the board top's plan holds top.v
 
     def _stage_synth(self):
-        plan, _ = self.plan()       # the plan the key hashed (the verilog stage resets it)
+        plan, _ = self.plan()       # the plan the key hashed (new Verilog resets it)
         for stale in self._outputs("synth") + ["report.json", "resources.json"]:
             (self.out / stale).unlink(missing_ok=True)
         plan.extract(self.out)
@@ -786,7 +790,6 @@ class Build:
             raise BuildError(self._device_error, code=2, status="usage")
         if last_stage != "verilog":
             self.plan()        # a clock the board cannot make is a one-line error here
-            self._plan = None
             if not self.dry_run:
                 from .toolchain import FAMILY_TOOLS, ToolchainError
                 needed = FAMILY_TOOLS[self.family][:min(len(stages) - 1, 3)]
@@ -812,6 +815,7 @@ class Build:
                                    f"{self.out}", code=128 + e.signum, status="stopped")
                 raise error from None
             finally:
+                self._save_manifest()     # every tool version the keys asked for
                 self.write_record(error, time.monotonic() - start)
         return self
 
@@ -842,8 +846,9 @@ class Build:
             extra = {"multipliers_in_luts": self.multipliers_in_luts,
                      "yosys_runs_s": self.yosys_runs}
             # Later keys build on the synth key, which hashes the plan without the demotion.
-            self._script_after_read = None
-            self._plan = None
+            if self._script_after_read:
+                self._script_after_read = None
+                self._plan = None
         if stage == "pnr":
             resources = json.loads((self.out / "resources.json").read_text())
             extra = {"timing_met": resources["timing_met"], "fmax_mhz": resources["fmax_mhz"]}
