@@ -286,6 +286,10 @@ class VectorUnit(wiring.Component):
         out32 = []      # per lane: ADD's int32 result (stage 6)
         red_max, red_sum_e, red_sum_x, red_sum_v, red_arg = [], [], [], [], []
         need_rq = has("req", "add", "mul", "gelu", "softmax_max", "layernorm_out")
+        # EMBED's table entries (stage 2 of its own pipeline), multiplied by lane 0's
+        # requantizer pieces: EMBED never runs beside another op.
+        emb_a2, emb_b2 = Signal(signed(8)), Signal(signed(8))
+        emb_products = None
         for l in range(L):
             def s(name, shape):
                 return Signal(shape, name=f"{name}_l{l}")
@@ -296,7 +300,8 @@ class VectorUnit(wiring.Component):
             m.d.comb += lane_out8.eq(0)
             rq_in = s("rq_in", signed(32))
             rq_m = s("rq_m", 16)
-            m.d.comb += [rq_in.eq(a1), rq_m.eq(mult)]
+            rq_m_hi = s("rq_m_hi", 16)
+            m.d.comb += [rq_in.eq(a1), rq_m.eq(mult), rq_m_hi.eq(rq_m)]
 
             if has("req", "add"):
                 rqx1, rqm1 = s("rqx1", signed(32)), s("rqm1", 16)
@@ -364,10 +369,20 @@ class VectorUnit(wiring.Component):
             if has("layernorm_sum"):
                 red_sum_x.append(Mux(tag_mask[1][l], a1, 0))
 
-            if need_rq:
+            embed_here = l == 0 and "embed" in units
+            if need_rq or embed_here:
                 # Requantizer: x * M in 16-bit pieces, + half, >> shift, saturate.
                 plo, phi = s("rq_plo", 32), s("rq_phi", signed(33))
-                m.d.sync += [plo.eq(rq_in[:16] * rq_m), phi.eq(rq_in[16:32].as_signed() * rq_m)]
+                m.d.sync += [plo.eq(rq_in[:16] * rq_m), phi.eq(rq_in[16:32].as_signed() * rq_m_hi)]
+            if embed_here:
+                # EMBED: (a + 128) * mult on the low piece, b * count1 on the high one.
+                a_biased, b_wide = Signal(16), Signal(signed(16))
+                m.d.comb += [a_biased.eq(emb_a2 + 128), b_wide.eq(emb_b2)]
+                with m.If(ins.tag == VecOp.EMBED):
+                    m.d.comb += [rq_in.eq(Cat(a_biased, b_wide)),
+                                 rq_m.eq(mult), rq_m_hi.eq(ins.count1)]
+                emb_products = (plo, phi)
+            if need_rq:
                 rsum = s("rq_sum", signed(RQ_PRODUCT_BITS + 1))
                 m.d.sync += rsum.eq(plo + (phi << 16) + half)
                 scaled = s("rq_scaled", signed(RQ_PRODUCT_BITS + 1))
@@ -518,14 +533,12 @@ class VectorUnit(wiring.Component):
             e1 = Signal(data.StructLayout({"valid": 1, "last": 1, "lane": range(cols), "row": 16}))
             e2 = Signal.like(e1)
             e3 = Signal.like(e1)
-            a2, b2 = Signal(signed(8)), Signal(signed(8))
-            pa3, pb3 = Signal(signed(25)), Signal(signed(25))
             m.d.sync += [e1.valid.eq(0), e2.eq(e1), e3.eq(e2),
-                         a2.eq(lane_mux8(self.sp_r0_data, t_rem)),
-                         b2.eq(lane_mux8(self.sp_r1_data, p_rem)),
-                         pa3.eq(a2 * mult), pb3.eq(b2 * ins.count1)]
+                         emb_a2.eq(lane_mux8(self.sp_r0_data, t_rem)),
+                         emb_b2.eq(lane_mux8(self.sp_r1_data, p_rem))]
+            plo3, phi3 = emb_products
             x3 = Signal(signed(32))    # |x| < 2**24: sat32 never bites
-            m.d.comb += x3.eq(pa3 + pb3)
+            m.d.comb += x3.eq(plo3 - (mult << 7) + phi3)
             with m.If(e3.valid):
                 lanes = []
                 for j in range(cols):
