@@ -28,7 +28,7 @@ from rtl.isa import Geometry, UNITS, INSTRUCTION_BYTES
 
 __all__ = ["space_models", "sized_geometry", "largest_fitting", "BOARD_CONFIGS", "VOCAB"]
 
-VOCAB = 66      # Shakespeare's characters and <unk> (search/model/data.py)
+VOCAB = 85      # the Shakespeare tokenizer's characters and <unk> (the shipped model's vocabulary)
 BOARD_CONFIGS = {"icebreaker": "configs/tiny.toml", "orangecrab-25f": "configs/orangecrab-25f.toml",
                  "ulx3s-85f": "configs/default.toml"}
 
