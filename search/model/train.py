@@ -229,6 +229,12 @@ def step_subnets(space: SearchSpace, cfg, step: int, rng: random.Random, decks: 
     return subnets
 
 
+def count_updates(updates: dict, subnets) -> None:
+    """Add one step's FFN updates: +1 for each (layer, variant) some subnet of the step uses."""
+    for i, v in {(i, v) for sub in subnets for i, v in enumerate(sub.ffn_variants)}:
+        updates[v][i] += 1
+
+
 def update_ratios(updates: dict) -> list:
     """Per layer, the most- over the least-updated variant's count (inf when one got none)."""
     layers = len(next(iter(updates.values())))
@@ -247,9 +253,7 @@ def plan_updates(run: RunConfig, vocab_size: int = 2) -> dict:
     rng, decks = random.Random(run.train.seed), VariantDecks(space.ffn_variants, max(space.layers))
     updates = {v: [0] * max(space.layers) for v in space.ffn_variants}
     for step in range(run.train.steps):
-        for i, v in {(i, v) for sub in step_subnets(space, run.train, step, rng, decks)
-                     for i, v in enumerate(sub.ffn_variants)}:
-            updates[v][i] += 1
+        count_updates(updates, step_subnets(space, run.train, step, rng, decks))
     return {"ffn_updates": updates, "ffn_update_ratio": update_ratios(updates)}
 
 
@@ -296,9 +300,8 @@ def train_supernet(run: RunConfig, *, corpus: Corpus | None = None, stop_after: 
     py_rng = random.Random(cfg.seed)
     batch_gen = torch.Generator().manual_seed(cfg.seed + 1)
     decks = VariantDecks(space.ffn_variants, max(space.layers))
-    # Steps in which (and subnet passes through which) each variant of each layer got a gradient.
+    # Steps in which each variant of each layer got a gradient.
     updates = {v: [0] * max(space.layers) for v in space.ffn_variants}
-    passes = {v: [0] * max(space.layers) for v in space.ffn_variants}
     step, history, window_steps, window_loss = 0, [], 0, 0.0
     if ckpt:
         net.load_state_dict(ckpt["model"])
@@ -307,7 +310,7 @@ def train_supernet(run: RunConfig, *, corpus: Corpus | None = None, stop_after: 
         step, history = ckpt["step"], ckpt["history"]
         if "decks" in ckpt["rng"]:
             decks = VariantDecks(space.ffn_variants, max(space.layers), ckpt["rng"]["decks"])
-            updates, passes = ckpt["ffn_updates"], ckpt["ffn_passes"]
+            updates = ckpt["ffn_updates"]
             window_steps, window_loss = ckpt["window"]
         elif step < cfg.steps and cfg.sandwich:
             raise ModelConfigError(f"{ckpt_path} predates the balanced sandwich; use --fresh")
@@ -339,7 +342,7 @@ def train_supernet(run: RunConfig, *, corpus: Corpus | None = None, stop_after: 
         _atomic_save({"model": net.state_dict(), "optimizer": opt.state_dict(), "step": step,
                       "rng": rng, "config": run.to_dict(), "space": space.to_dict(),
                       "tokenizer": corpus.tokenizer.to_json(), "history": history,
-                      "ffn_updates": updates, "ffn_passes": passes,
+                      "ffn_updates": updates,
                       "window": (window_steps, window_loss)}, ckpt_path)
 
     def log(record):
@@ -386,11 +389,7 @@ def train_supernet(run: RunConfig, *, corpus: Corpus | None = None, stop_after: 
             for group in opt.param_groups:
                 group["lr"] = lr
             subnets = step_subnets(space, cfg, step, py_rng, decks)
-            for i, v in {(i, v) for sub in subnets for i, v in enumerate(sub.ffn_variants)}:
-                updates[v][i] += 1
-            for sub in subnets:
-                for i, v in enumerate(sub.ffn_variants):
-                    passes[v][i] += 1
+            count_updates(updates, subnets)
             opt.zero_grad(set_to_none=True)
             teacher, ce, kl = None, [], []
             for i, sub in enumerate(subnets):
