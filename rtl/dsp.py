@@ -10,16 +10,24 @@ block with its own registers on:
 * ``"ecp5"``: ``MULT18X18D`` with ``REG_INPUTA_CLK``, ``REG_INPUTB_CLK`` and
   ``REG_OUTPUT_CLK`` on ``CLK0`` (``CE0`` high, ``RST0`` low; no pipeline register);
   operands up to 18 bits.
-* ``"ice40"``: ``SB_MAC16`` in 16x16 mode with ``A_REG``/``B_REG`` and the 16x16
-  product register (``PIPELINE_16x16_MULT_REG2``) on both output halves
-  (``TOPOUTPUT_SELECT = BOTOUTPUT_SELECT = 3``); operands up to 16 bits.
+* ``"ice40"``: ``SB_MAC16`` in 16x16 mode with ``A_REG``/``B_REG`` and the registers
+  after its 8x8 partial products (``TOP_8x8_MULT_REG``, ``BOT_8x8_MULT_REG``,
+  ``PIPELINE_16x16_MULT_REG1``), the 16x16 product on both output halves
+  (``TOPOUTPUT_SELECT = BOTOUTPUT_SELECT = 3``); operands up to 16 bits. Yosys'
+  ``ice40_dsp`` pass rewrites the register parameters of every ``SB_MAC16`` it
+  meets from the fabric flip-flops around it, so an instantiated one loses its
+  registers (A_REG = B_REG = 0, CLK = 0: a combinational multiplier, the wrong
+  latency). This kind therefore gives Yosys reset-less registers around ``*``,
+  which that pass packs into exactly this configuration (``tests/rtl/test_dsp.py``
+  synthesizes it and checks the parameters and the products).
 
 The primitives cannot be simulated, so each has a behavioural model written in
 Amaranth (:class:`MULT18X18DModel`, :class:`SB_MAC16Model`) with the
 primitive's pins and parameters; the kinds ``"ecp5-model"`` and
-``"ice40-model"`` wire it in place of the ``Instance``, through the same pin
-mapping. Simulations use those or ``"generic"``; the build elaborates the
-``Instance`` (``gen.build`` picks the kind from the board's family).
+``"ice40-model"`` wire it in place of the primitive (for ECP5 through the same
+pin mapping as the ``Instance``). Simulations use those or ``"generic"``; the
+build elaborates the primitive (``gen.build`` picks the kind from the board's
+family).
 
 The DSP registers have no reset (the generic ones do): a product is only ever
 read on a beat whose operands went in :data:`LATENCY` cycles before, and a reset
@@ -169,14 +177,15 @@ class SB_MAC16Model(wiring.Component):
     """Behavioural model of the iCE40 ``SB_MAC16`` in 16x16 mode (``MODE_8x8 = 0``) with
     both outputs selecting the 16x16 product (``TOPOUTPUT_SELECT = BOTOUTPUT_SELECT = 3``):
     ``O = A * B`` from four 8x8 partial products, as the hard block forms them (only the
-    high bytes carry the ``A_SIGNED``/``B_SIGNED`` sign), through the ``A_REG``/``B_REG``
-    input registers and the ``PIPELINE_16x16_MULT_REG2`` product register where enabled
-    (``CE`` high, every hold and reset low).
+    high bytes carry the ``A_SIGNED``/``B_SIGNED`` sign), through the registers that are
+    enabled: ``A_REG``/``B_REG`` on the inputs, ``TOP_8x8_MULT_REG``, ``BOT_8x8_MULT_REG``
+    and ``PIPELINE_16x16_MULT_REG1`` on the partial products, ``PIPELINE_16x16_MULT_REG2``
+    on their sum (``CE`` high, every hold and reset low).
     """
 
     def __init__(self, params: dict):
         for key, allowed in (("MODE_8x8", (0,)), ("TOPOUTPUT_SELECT", (3,)),
-                             ("BOTOUTPUT_SELECT", (3,)), ("PIPELINE_16x16_MULT_REG1", (0,))):
+                             ("BOTOUTPUT_SELECT", (3,))):
             if int(params.get(key, 0)) not in allowed:
                 self._MustUse__silence = True
                 raise ValueError(f"SB_MAC16Model: {key} = {params[key]!r} is not modelled")
@@ -202,6 +211,10 @@ class SB_MAC16Model(wiring.Component):
         al, bl = a[:8], b[:8]
         f, j, k, g = Signal(16), Signal(16), Signal(16), Signal(16)
         m.d.comb += [f.eq(ah * bh), j.eq(al * bh), k.eq(ah * bl), g.eq(al * bl)]
+        f = stage(f, "TOP_8x8_MULT_REG", "rF")
+        j = stage(j, "PIPELINE_16x16_MULT_REG1", "rJ")
+        k = stage(k, "PIPELINE_16x16_MULT_REG1", "rK")
+        g = stage(g, "BOT_8x8_MULT_REG", "rG")
         k_e = k.as_signed() if p.get("A_SIGNED", 0) else k
         j_e = j.as_signed() if p.get("B_SIGNED", 0) else j
         product = Signal(32)
@@ -211,37 +224,30 @@ class SB_MAC16Model(wiring.Component):
 
 
 class ICE40Multiplier(_PrimitiveMultiplier):
-    """``SB_MAC16`` with its input and product registers (see the module docstring)."""
+    """``SB_MAC16`` with its input and partial-product registers, through Yosys'
+    ``ice40_dsp`` (see the module docstring for why not an ``Instance``)."""
 
     MAX_WIDTH = 16
-    PARAMS = {
-        "NEG_TRIGGER": C(0, 1), "A_REG": C(1, 1), "B_REG": C(1, 1), "C_REG": C(0, 1),
-        "D_REG": C(0, 1), "TOP_8x8_MULT_REG": C(0, 1), "BOT_8x8_MULT_REG": C(0, 1),
-        "PIPELINE_16x16_MULT_REG1": C(0, 1), "PIPELINE_16x16_MULT_REG2": C(1, 1),
-        "TOPOUTPUT_SELECT": C(3, 2), "TOPADDSUB_LOWERINPUT": C(0, 2),
-        "TOPADDSUB_UPPERINPUT": C(0, 1), "TOPADDSUB_CARRYSELECT": C(0, 2),
-        "BOTOUTPUT_SELECT": C(3, 2), "BOTADDSUB_LOWERINPUT": C(0, 2),
-        "BOTADDSUB_UPPERINPUT": C(0, 1), "BOTADDSUB_CARRYSELECT": C(0, 2),
-        "MODE_8x8": C(0, 1), "A_SIGNED": C(1, 1), "B_SIGNED": C(1, 1),
-    }
+    # The SB_MAC16 configuration that ice40_dsp packs these registers into.
+    PARAMS = {"A_REG": 1, "B_REG": 1, "TOP_8x8_MULT_REG": 1, "BOT_8x8_MULT_REG": 1,
+              "PIPELINE_16x16_MULT_REG1": 1, "PIPELINE_16x16_MULT_REG2": 0,
+              "TOPOUTPUT_SELECT": 3, "BOTOUTPUT_SELECT": 3, "MODE_8x8": 0,
+              "A_SIGNED": 1, "B_SIGNED": 1}
 
     def elaborate(self, platform):
         m = Module()
-        a_pins, b_pins, o_pins = Signal(16), Signal(16), Signal(32)
-        m.d.comb += [a_pins.eq(self.a), b_pins.eq(self.b), self.p.eq(o_pins)]
         if self.model:
-            m.submodules.mac = dsp = SB_MAC16Model({k: v.value for k, v in self.PARAMS.items()})
-            m.d.comb += [dsp.A.eq(a_pins), dsp.B.eq(b_pins), o_pins.eq(dsp.O)]
+            a_pins, b_pins = Signal(16), Signal(16)
+            m.submodules.mac = dsp = SB_MAC16Model(self.PARAMS)
+            m.d.comb += [a_pins.eq(self.a), b_pins.eq(self.b), dsp.A.eq(a_pins),
+                         dsp.B.eq(b_pins), self.p.eq(dsp.O)]
             return m
-        low = {name: C(0, 1) for name in (
-            "AHOLD", "BHOLD", "CHOLD", "DHOLD", "IRSTTOP", "IRSTBOT", "ORSTTOP", "ORSTBOT",
-            "OLOADTOP", "OLOADBOT", "ADDSUBTOP", "ADDSUBBOT", "OHOLDTOP", "OHOLDBOT",
-            "CI", "ACCUMCI", "SIGNEXTIN")}
-        m.submodules.mac = Instance(
-            "SB_MAC16", **{f"p_{key}": value for key, value in self.PARAMS.items()},
-            **{f"i_{name}": value for name, value in low.items()},
-            i_CLK=ClockSignal(), i_CE=C(1, 1), i_A=a_pins, i_B=b_pins,
-            i_C=C(0, 16), i_D=C(0, 16), o_O=o_pins)
+        # No reset: ice40_dsp packs only plain flip-flops ($dff) into the DSP.
+        a_reg = Signal.like(self.a, name="a_reg", reset_less=True)
+        b_reg = Signal.like(self.b, name="b_reg", reset_less=True)
+        product = Signal.like(self.p, name="product", reset_less=True)
+        m.d.sync += [a_reg.eq(self.a), b_reg.eq(self.b), product.eq(a_reg * b_reg)]
+        m.d.comb += self.p.eq(product)
         return m
 
 

