@@ -655,3 +655,52 @@ def test_overlapping_copies_go_in_order():
              {"ins": vec(VecOp.ADD, flags=Flags.PERCHAN, addr0=10, addr1=10, addr2=12,
                          count0=2 * g.cols, shift=4)}]
     check_ops(g, random_memories(g, gen), jobs)
+
+
+def _random_instruction(g, gen, pick):
+    """A random VEC whose rows lie inside the memories (rtl.isa.footprint), with POS,
+    TOK and params.
+
+    Results never overlap an operand from above (the one case the unit leaves
+    undefined, see rtl/vector.py): such draws are drawn again."""
+    ri = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=gen))
+    while True:
+        op = VecOp(pick(list(VecOp)))
+        n = pick([0, 1, ri(1, 3 * g.cols), ri(1, 3 * g.cols), ri(1, 3 * g.cols),
+                  ri(1, 6 * g.cols)])
+        top = min(g.sp_depth, g.acc_depth) - 1
+        ins = vec(op, flags=ri(0, 31), addr0=ri(0, top), addr1=ri(0, top), addr2=ri(0, top),
+                  count0=n, count1=pick([0, ri(0, 40), ri(0, 65535)]),
+                  mult=pick([0, 1, ri(0, 65535), 65535]), shift=ri(0, 63))
+        pos, tok = ri(0, 3 * g.cols), ri(0, 4 * g.cols)
+        if op in (VecOp.GELU, VecOp.MUL, VecOp.ADD, VecOp.COPY_SP, VecOp.COPY_ACC):
+            ins = Instruction(**{**ins.__dict__, "count1": min(ins.count1, 3)})
+        ranges = [r for r in footprint(ins, g, pos, tok) if r[0] in ("sp", "acc")]
+        if any(first + nrows > (g.sp_depth if mem == "sp" else g.acc_depth)
+               for mem, first, nrows in ranges if nrows):
+            continue
+        rows = vector_rows(n, g.cols)
+        result = {VecOp.REQ: ("sp", ins.addr2), VecOp.MUL: ("sp", ins.addr2),
+                  VecOp.GELU: ("sp", ins.addr2), VecOp.ADD: ("acc", ins.addr0),
+                  VecOp.EMBED: ("acc", ins.addr2)}.get(op)
+        if result and any(mem == result[0] and first < result[1] < first + nrows
+                          for mem, first, nrows in ranges if (mem, first) != result):
+            continue                       # overlaps an operand from above
+        if op == VecOp.PUT_COL:
+            target = ins.addr1 + (pos // g.cols) * n
+            if not (target + n <= ins.addr0 or ins.addr0 + rows <= target):
+                continue
+        params = [pick([ri(-300, 0), -2**31, ri(-2**31, 2**31 - 1)]),
+                  pick([ri(0, 10**6), ri(-2**31, 2**31 - 1)]),
+                  pick([ri(0, 10**6), ri(-2**31, 2**31 - 1)])] + [0] * (NUM_PARAMS - 3)
+        return {"ins": ins, "pos": pos, "tok": tok, "params": params}
+
+
+@pytest.mark.parametrize("name,seed", [("8x8_l4", 1), ("6x5_l1", 2), ("8x8_l1", 3)])
+def test_random_instructions(name, seed):
+    """Random legal VECs, one after another on the same memories."""
+    g = GEOMETRIES[name]
+    gen = torch.Generator().manual_seed(seed)
+    pick = lambda items: items[int(torch.randint(0, len(items), (1,), generator=gen))]
+    jobs = [_random_instruction(g, gen, pick) for _ in range(60)]
+    check_ops(g, random_memories(g, gen), jobs)
