@@ -61,14 +61,17 @@ def _geometry_of(config) -> Geometry:
 
 
 def verilog_for(config) -> tuple[pathlib.Path, str]:
-    """Generate the config's ``top.v`` with :func:`gen.build.generate_verilog`; (path, hash).
+    """The config's Accelerator as Verilog (module ``top``); (path, hash).
 
-    The file lands in ``build/sim/verilog/<hash of its text>/top.v``.
+    Elaborated here from ``rtl/`` (not by the build flow) with the generic
+    multiplier: a simulator has no model of the FPGA's DSP primitives, and
+    ``rtl/dsp.py``'s primitives have the generic path's timing and results
+    (``tests/rtl/test_dsp.py``). The file lands in
+    ``build/sim/verilog/<hash of its text>/top.v``.
     """
-    from gen.build import generate_verilog
-    with tempfile.TemporaryDirectory(prefix="tandem-verilog-") as tmp:
-        path = generate_verilog(config, pathlib.Path(tmp) / "top.v")
-        text = path.read_text()
+    from amaranth.back import verilog
+    from rtl.top import Accelerator
+    text = verilog.convert(Accelerator(_geometry_of(config)), name="top", emit_src=False)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     final = SIM_DIR / "verilog" / digest / "top.v"
     if not final.exists():
