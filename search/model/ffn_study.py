@@ -28,8 +28,8 @@ import time
 from .config import ModelConfigError, RunConfig, StudyConfig, load_run_config
 from .data import CorpusError, load_corpus
 from .space import SearchSpace, SubnetConfig, count_params, macs_per_token
-from .train import (train_supernet, git_commit, versions, _atomic_savefig, _atomic_write, _interrupt,
-                    _pyplot)
+from .train import (train_supernet, git_commit, versions, _atomic_savefig, _atomic_write, _pyplot,
+                    run_command)
 
 __all__ = ["variant_subnet", "run_study", "main", "DEFAULT_CONFIG"]
 
@@ -190,12 +190,10 @@ def _plot(rows, path):
     ax.set_ylabel("validation perplexity (per character)")
     ax.set_title("FFN variants at the same training budget")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     _atomic_savefig(fig, path)
 
 
 def main(argv=None):
-    import signal
     parser = argparse.ArgumentParser(prog="python -m search.model.ffn_study",
                                      description="Train each FFN variant alike and tabulate perplexity.")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG),
@@ -206,8 +204,8 @@ def main(argv=None):
                         help="train only these of the config's seeds (e.g. one process per seed); "
                              "a final run without --seeds tabulates them all")
     args = parser.parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
+
+    def work():
         run = load_run_config(args.config, need_study=True)
         if args.seeds:
             unknown = set(args.seeds) - set(study_seeds(run))
@@ -215,18 +213,10 @@ def main(argv=None):
                 raise ModelConfigError(f"--seeds {sorted(unknown)} not in the config's seeds "
                                        f"{list(study_seeds(run))}")
             run = replace(run, study=replace(run.study, seeds=tuple(args.seeds)))
-        run_study(run, args.out or run.train.out, fresh=args.fresh)
-    except (ModelConfigError, CorpusError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    out = pathlib.Path(args.out or run.train.out)
-    print((out / "table.md").read_text())
-    return 0
+        out = args.out or run.train.out
+        run_study(run, out, fresh=args.fresh)
+        print((pathlib.Path(out) / "table.md").read_text())
+    return run_command(work, errors=(ModelConfigError, CorpusError, ValueError))
 
 
 if __name__ == "__main__":

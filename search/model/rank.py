@@ -38,12 +38,12 @@ import torch.nn.functional as F
 from gen.config import read_toml
 
 from .config import ModelConfigError, _build, _kinds, load_run_config
-from .data import CorpusError, load_corpus, random_batch
+from .data import load_corpus, random_batch
 from .perplexity import evaluate, nll
 from .space import SearchSpace, SubnetConfig, count_params, macs_per_token
 from .transformer import Transformer
-from .train import (_atomic_save, _atomic_savefig, _atomic_write, _interrupt, _lr, _optimizer, _pyplot,
-                    git_commit, load_supernet, versions)
+from .train import (_atomic_save, _atomic_savefig, _atomic_write, _lr, _optimizer, _pyplot,
+                    git_commit, load_supernet, run_command, versions)
 
 __all__ = ["RankConfig", "load_rank_config", "pick_subnets", "kendall_tau", "spearman_rho",
            "bootstrap_ci", "train_standalone", "run_rank", "main"]
@@ -356,7 +356,6 @@ def _plot(rows, summary, path):
     ax.set_title(f"Kendall tau {summary['kendall_tau']:.2f} [{lo:.2f}, {hi:.2f}], "
                  f"Spearman rho {summary['spearman_rho']:.2f}", fontsize=9)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     _atomic_savefig(fig, path)
 
 
@@ -368,23 +367,15 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=1, help="standalone trainings at once (processes)")
     parser.add_argument("--standalone-only", action="store_true", help="stop after the standalone training")
     args = parser.parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
+
+    def work():
         cfg = load_rank_config(args.config)
         if args.out:
             cfg = replace(cfg, out=args.out)
-        summary = run_rank(cfg, workers=args.workers, standalone_only=args.standalone_only)
-    except (ModelConfigError, CorpusError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume (finished subnets are kept)", file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if not args.standalone_only:
-        print((pathlib.Path(cfg.out) / "table.md").read_text())
-    return 0
+        run_rank(cfg, workers=args.workers, standalone_only=args.standalone_only)
+        if not args.standalone_only:
+            print((pathlib.Path(cfg.out) / "table.md").read_text())
+    return run_command(work, resume="rerun the same command to resume (finished subnets are kept)")
 
 
 if __name__ == "__main__":

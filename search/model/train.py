@@ -99,7 +99,8 @@ def _pyplot():
 
 
 def _atomic_savefig(fig, path: pathlib.Path):
-    """Save a matplotlib figure as a PNG through a temporary file, then close it."""
+    """Lay out a matplotlib figure, save it as a PNG through a temporary file, close it."""
+    fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=120)
     import matplotlib.pyplot as plt
@@ -110,6 +111,24 @@ def _atomic_savefig(fig, path: pathlib.Path):
 def _interrupt(signum, frame):
     """A SIGTERM handler for the command line tools: stop as Ctrl-C would."""
     raise KeyboardInterrupt
+
+
+def run_command(work, *, errors=(ModelConfigError, CorpusError), resume: str = "rerun the same command to resume") -> int:
+    """Run ``work()`` as a command line tool: SIGTERM stops it as Ctrl-C does
+    (exit status 130, ``resume`` said on stderr); an error a user can cause is
+    one line on stderr and status 2; otherwise 0."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        work()
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; {resume}", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0
 
 
 def _lr(step: int, cfg) -> float:
