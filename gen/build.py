@@ -22,6 +22,7 @@ and a new seed or nextpnr option reruns only ``pnr`` and ``bitstream``. ``DIR`` 
     top.v            the Accelerator (module ``top``)                 verilog
     board.il/.ys     the board top and its Yosys script               synth
     board.rpt        Yosys log;  board.json: the netlist              synth
+    board.stat.json  Yosys's ``stat -json``: cell counts              synth
     board.tim        nextpnr log; report.json: nextpnr's report       pnr
     resources.json   resources used/available, Fmax, critical path    pnr
     board.bin/.bit   the bitstream                                    bitstream
