@@ -19,14 +19,25 @@ from .qmodels import random_qmodel, small_desc
 G = Geometry(8, 8, "ws", scratchpad_kib=96, accumulator_kib=16, program_kib=32, tokens=32,
              units=UNITS)
 PROMPT = [3, 1, 4, 1, 5, 9, 2, 6]
-SHIPPED = pathlib.Path(__file__).resolve().parents[2] / "firmware" / "data" / "shakespeare_l2d64.npz"
+DATA = pathlib.Path(__file__).resolve().parents[2] / "firmware" / "data"
+# Trained, quantized models (firmware/data/README.md): together they hold every FFN variant.
+TRAINED = {"standard": DATA / "shakespeare_l2d64.npz",
+           "glu": DATA / "variants" / "glu_lowrank.npz",
+           "lowrank": DATA / "variants" / "glu_lowrank.npz",
+           "shared": DATA / "variants" / "shared_none.npz",
+           "none": DATA / "variants" / "shared_none.npz"}
 
 
 def model_for(variant):
-    """The trained shipped model for ``standard`` (it is one), deterministic random weights for
-    the variants no trained model file has."""
-    if variant == "standard" and SHIPPED.exists():
-        return QuantizedModel.load(SHIPPED)
+    """A trained model with ``variant`` in some layer: the shipped model for ``standard``,
+    firmware/data/variants/ for the others (2-3 layers, d_model 64, 2 heads, context 64)."""
+    qmodel = QuantizedModel.load(TRAINED[variant])
+    assert variant in qmodel.desc.ffn_variants
+    return qmodel
+
+
+def random_model_for(variant):
+    """Deterministic random weights of the small test architecture (not trained)."""
     return random_qmodel(small_desc(variant), seed=FFN_VARIANTS.index(variant))
 
 
@@ -41,9 +52,10 @@ def reference_logits(tmp_path_factory):
     return logits
 
 
+@pytest.mark.parametrize("trained", [True, False], ids=["trained", "random"])
 @pytest.mark.parametrize("variant", FFN_VARIANTS)
-def test_logits_bit_exact_with_the_integer_reference(variant, reference_logits):
-    qmodel = model_for(variant)
+def test_logits_bit_exact_with_the_integer_reference(variant, trained, reference_logits):
+    qmodel = model_for(variant) if trained else random_model_for(variant)
     device = Device.functional(G)
     device.load(qmodel)
     tokens = PROMPT + [7, 0, 11]
