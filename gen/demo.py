@@ -5,8 +5,14 @@ Takes a config as far as Tandem goes, one step after another:
 1. ``verilog``   elaborate the Accelerator and write ``build/NAME/top.v`` (gen.build)
 2. ``simulate``  run a random int8 matmul on the simulated RTL (the fastest backend,
                  or ``--backend``/``TANDEM_SIM``), check it against torch exactly, and
-                 print cycles and array utilization (and the cycle model's count)
-3. ``bitstream`` synthesis, place and route and the bitstream for the config's board
+                 print cycles and array utilization (and the cycle model's count), and the
+                 board time: on chip at the clock and over the UART host link
+3. ``generate``  load the shipped quantized Transformer (``firmware/data/``) onto the
+                 simulated accelerator once, generate a continuation of a prompt on chip,
+                 check every position's logits against the integer reference, and print
+                 the board's tokens/s on chip and with the link (``python -m
+                 firmware.generate``); skipped for a config without the vector units
+4. ``bitstream`` synthesis, place and route and the bitstream for the config's board
                  (gen.build), then its report: resources, Fmax, peak GOPS
                  (``--no-bitstream`` stops before it)
 
@@ -119,10 +125,56 @@ def step_simulate(ctx: DemoContext):
     _say("simulate", f"{cycles} cycles end to end ({cycles / clock:.0f} us at {clock:g} MHz), "
                      f"cycle model {report.total_cycles}; compute phase {report.compute_cycles} "
                      f"cycles")
-    _say("simulate", f"array utilization {util:.1%} end to end (loads and stores over the "
-                     f"byte link included), {util_compute:.1%} in the compute phase")
+    _say("simulate", f"array utilization {util:.1%} end to end (the simulation feeds a byte "
+                     f"a clock), {util_compute:.1%} in the compute phase")
+    link = _link_seconds(ctx.config, len(device.program), device.program.reply_bytes)
+    chip_s = cycles / (clock * 1e6)
+    _say("simulate", f"board time: {chip_s * 1e3:.2f} ms on chip at {clock:g} MHz; "
+                     f"{(chip_s + link['seconds']) * 1e3:.0f} ms with the host link, which "
+                     f"carries the operands, the instructions and the int32 results "
+                     f"({link['frames']} frames at {link['baud'] / 1e6:g} Mbaud, a turnaround "
+                     f"each)")
     ctx.outputs["simulate"] = {"cycles": cycles, "utilization": util,
-                               "compute_utilization": util_compute}
+                               "compute_utilization": util_compute, "chip_s": chip_s,
+                               "link_s": link["seconds"]}
+
+
+def _link_seconds(config, in_bytes, out_bytes) -> dict:
+    from boards import BOARDS
+    from firmware.cycles import link_seconds
+    baud = BOARDS[config.target.board].baud if config.target.board else 1_000_000
+    t = link_seconds(in_bytes, out_bytes, baud=baud)
+    return {"baud": baud, "seconds": t.seconds, "frames": t.frames}
+
+
+def step_generate(ctx: DemoContext):
+    """The shipped Transformer on the simulated accelerator: text, bit-exact check, tokens/s."""
+    from firmware import generate, sim
+    g = ctx.config.accelerator.geometry
+    if not g.units or not g.program_words:
+        _say("generate", "skipped: the config has no vector units or program memory "
+                         "(a GEMM-only target)")
+        return
+    backend = ctx.args.backend or ("verilator" if _has_verilator(sim) else "icarus")
+    if backend not in ("functional", "verilator", "icarus", "amaranth"):
+        raise DemoError(f"--backend {backend!r} cannot run the Transformer here")
+    argv = ["--config", ctx.config.source, "--prompt", ctx.args.prompt,
+            "--tokens", str(ctx.args.tokens), "--check", "--backend", backend]
+    _say("generate", "python -m firmware.generate " + " ".join(
+        repr(a) if " " in a else a for a in argv))
+    code = generate.main(argv)
+    if code:
+        raise DemoError("the Transformer on the simulated accelerator did not match its "
+                        "integer reference", code=code)
+    ctx.outputs["generate"] = True
+
+
+def _has_verilator(sim) -> bool:
+    try:
+        sim.VerilatorBackend.check()
+        return True
+    except sim.SimToolMissing:
+        return False
 
 
 def step_bitstream(ctx: DemoContext):
@@ -153,6 +205,7 @@ def step_bitstream(ctx: DemoContext):
 
 add_step("verilog", step_verilog)
 add_step("simulate", step_simulate)
+add_step("generate", step_generate)
 add_step("bitstream", step_bitstream)
 
 
@@ -173,6 +226,8 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", help="simulation backend (default: TANDEM_SIM or the fastest)")
     parser.add_argument("--shape", type=_shape, default=(96, 200, 72), help="M,K,N of the matmul")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompt", default="ROMEO:", help="prompt of the generate step")
+    parser.add_argument("--tokens", type=int, default=24, help="tokens the generate step makes")
     parser.add_argument("--no-bitstream", action="store_true",
                         help="stop after the simulation (the 8x8 default takes minutes to place and route)")
     args = parser.parse_args(argv)
