@@ -46,6 +46,7 @@ from rtl.isa import (Geometry, Instruction, Opcode, Flags, VecOp, Branch, Param,
                      vector_op_cycles)
 from . import cycles
 from .model import QuantizedModel, ModelDesc
+from .compiler import k_loop
 from .packing import pack_rows, pack_acc_lanes
 from .program import Program, Placement
 
@@ -207,13 +208,14 @@ class _Emitter:
         if has_bias:
             self.vec(VecOp.COPY_ACC, addr0=self.r(f"{prefix}.bias"), addr2=dst,
                      count0=vector_rows(out, C))
-        chunks = vector_rows(inp, C)
         for j in range(vector_rows(out, C)):
-            for c in range(chunks):
-                acc = has_bias or c > 0
-                self.add(Instruction(Opcode.MATMUL, flags=Flags.ACCUMULATE if acc else 0,
-                                     addr0=src + c, addr1=w + j * inp + c * C, addr2=dst + j,
-                                     count0=1, count1=min(C, inp - c * C)))
+            self.k_loop(src, w + j * inp, dst + j, inp, accumulate=has_bias)
+
+    def k_loop(self, a_row, b_row, acc_row, K, accumulate=False):
+        """acc row (+)= the vector at a_row (K elements) @ the K x C weights at b_row."""
+        for ins in k_loop(self.g, a_row=a_row, a_step=1, b_row=b_row, acc_row=acc_row, m=1, K=K,
+                          accumulate=accumulate):
+            self.add(ins)
 
     def req(self, prefix, src, dst, n):
         self.vec(VecOp.REQ, flags=Flags.PERCHAN, addr0=src, addr1=self.r(f"{prefix}.mult"),
@@ -263,20 +265,13 @@ class _Emitter:
         for j in range(heads):
             k_cache = self.r(f"layers.{i}.k_cache.{j}")
             for t in range(tiles):
-                for c in range(hr):
-                    self.add(Instruction(Opcode.MATMUL, flags=Flags.ACCUMULATE if c else 0,
-                                         addr0=q + j * hr + c, addr1=k_cache + t * hd + c * C,
-                                         addr2=scores + t, count0=1, count1=C))
+                self.k_loop(q + j * hr, k_cache + t * hd, scores + t, hd)
             self.vec(VecOp.SOFTMAX, flags=Flags.POS, addr0=scores, addr2=probs, count0=1,
                      count1=T, mult=self.scalar(f"{p}.softmax.mult"),
                      shift=self.scalar(f"{p}.softmax.shift"))
             for e in range(hr):
                 block = v_cache + (j * hr + e) * T
-                for c in range(tiles):
-                    self.add(Instruction(Opcode.MATMUL, flags=Flags.ACCUMULATE if c else 0,
-                                         addr0=probs + c, addr1=block + c * C,
-                                         addr2=ctx + j * hr + e, count0=1,
-                                         count1=min(C, T - c * C)))
+                self.k_loop(probs, block, ctx + j * hr + e, T)
         self.vec(VecOp.REQ, addr0=ctx, addr2=self.r("act.ctx"), count0=a,
                  mult=self.scalar(f"{p}.context.mult"), shift=self.scalar(f"{p}.context.shift"))
         self.linear_add(f"{p}.out", self.r("act.ctx"), a)
@@ -324,10 +319,7 @@ class _Emitter:
         h, wte, logits = self.r("act.h"), self.r("wte"), self.r("logits")
         self.layernorm("ln_f", h)
         for t in range(vector_rows(desc.vocab_size, C)):
-            for c in range(vector_rows(d, C)):
-                self.add(Instruction(Opcode.MATMUL, flags=Flags.ACCUMULATE if c else 0,
-                                     addr0=h + c, addr1=wte + t * d + c * C, addr2=logits + t,
-                                     count0=1, count1=min(C, d - c * C)))
+            self.k_loop(h, wte + t * d, logits + t, d)
         self.vec(VecOp.ARGMAX, addr0=logits, count0=desc.vocab_size)
         self.add(Instruction(Opcode.EMIT))
         loop = len(self.words)

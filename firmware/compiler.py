@@ -28,9 +28,33 @@ from rtl.isa import Geometry, Instruction, Opcode, Flags, INSTRUCTION_BYTES
 from .packing import pack_rows, pack_acc_lanes, signed_range
 from .program import Program, Placement
 
-__all__ = ["compile_matmul", "Plan", "plan_matmul", "DEFAULT_SYNC_TAG"]
+__all__ = ["compile_matmul", "Plan", "plan_matmul", "DEFAULT_SYNC_TAG", "k_loop"]
 
 DEFAULT_SYNC_TAG = 0xA5
+MAX_K_LOOP = 256    # tiles one MATMUL's K loop runs (tag = R - 1 is 8 bits)
+
+
+def k_loop(g: Geometry, *, a_row, a_step, b_row, acc_row, m, K, accumulate=False) -> list:
+    """WS MATMULs for ``acc[acc_row : acc_row + m] (+)= A @ B`` over all of ``K``: K is cut
+    into pieces of ``rows``; piece p's A rows start at ``a_row + p * a_step``, its B rows
+    (k of them) at ``b_row + p * rows``. The full pieces go in K loops (rtl/isa.py: tag, mult)
+    of up to 256 tiles, a short last piece in a MATMUL of its own. ``accumulate``: the
+    first piece adds to the accumulator rows too."""
+    R = g.rows
+    full, rest = divmod(K, R)
+    words = []
+    for p in range(0, full, MAX_K_LOOP):
+        reps = min(full - p, MAX_K_LOOP)
+        words.append(Instruction(Opcode.MATMUL, flags=Flags.ACCUMULATE if accumulate or p else 0,
+                                 addr0=a_row + p * a_step, addr1=b_row + p * R, addr2=acc_row,
+                                 count0=m, count1=R, tag=reps - 1,
+                                 mult=a_step if reps > 1 else 0))
+    if rest:
+        words.append(Instruction(Opcode.MATMUL,
+                                 flags=Flags.ACCUMULATE if accumulate or full else 0,
+                                 addr0=a_row + full * a_step, addr1=b_row + full * R,
+                                 addr2=acc_row, count0=m, count1=rest))
+    return words
 
 
 @dataclass(frozen=True)
@@ -276,6 +300,12 @@ class _Emitter:
         for first in range(0, len(outputs), per_batch):
             batch = outputs[first:first + per_batch]
             for slot, (t, tile, u, unit) in enumerate(batch):
+                if self.g.dataflow == "ws":
+                    for ins in k_loop(self.g, a_row=unit_base + u * self.a_stride, a_step=rows,
+                                      b_row=tile_base + t * self.K, acc_row=slot * rows,
+                                      m=unit[1], K=self.K):
+                        self.program.add(ins)
+                    continue
                 for i, segment in enumerate(self.plan.segments):
                     a_row = unit_base + u * self.a_stride + self.a_piece_offset(i, segment)
                     b_row = tile_base + t * self.K + segment[0]

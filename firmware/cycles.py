@@ -157,17 +157,23 @@ class _Timeline:
         g = self.g
         if self.run_start is None:
             self.run_start = d
-        d = max(d, self.slot_empty)
+        d = d0 = max(d, self.slot_empty)
         m, k = ins.count0, ins.count1
         if g.dataflow == "ws":
-            x = max(d + 1, self.guard_free)             # PENDING -> LOADING
-            y = x + k + 1 if k else x + 1
-            if self.prev_start is not None and self.prev_beats:
-                y = max(y, self.prev_start + self.prev_beats)
+            # Tile r > 0 of a K loop takes the slot again at the start of tile r - 1,
+            # as a MATMUL dispatched in that cycle would.
+            for r in range(ins.tag + 1):
+                if r:
+                    self._tile(y, m)
+                    d = y
+                x = max(d + 1, self.guard_free)             # PENDING -> LOADING
+                y = x + k + 1 if k else x + 1
+                if self.prev_start is not None and self.prev_beats:
+                    y = max(y, self.prev_start + self.prev_beats)
+                self.guard_free = y + 1 + g.swap_guard
+                self.macs += m * k * g.cols
             self.slot_empty = y + 1
-            self.guard_free = y + 1 + g.swap_guard
             beats = m
-            self.macs += m * k * g.cols
         else:
             y = d + 1
             if self.last_beat is not None:
@@ -177,11 +183,15 @@ class _Timeline:
             if k:
                 self.last_beat = y + k
             self.macs += min(m, g.rows) * k * g.cols
+        self._tile(y, beats)
+        return d0 + 1
+
+    def _tile(self, y, beats):
+        """A tile of ``beats`` beats that starts streaming at cycle ``y``."""
         if beats:
             self.idle = max(self.idle, y + beats + 1 + self.drain)
             self.prev_start, self.prev_beats = y, beats
         self.beats += beats
-        return d + 1
 
     def _common(self, ins, d):
         """An instruction that host stream and program alike may carry, dispatched at ``d``

@@ -312,6 +312,8 @@ class FunctionalMachine:
         if code == ErrorCode.DATAFLOW_LIMIT:
             if g.dataflow == "ws":
                 return f"a WS MATMUL takes k <= rows = {g.rows}, not {ins.count1}"
+            if ins.tag:
+                return f"an OS MATMUL has no K loop: tag must be 0, not {ins.tag}"
             return f"an OS MATMUL takes m <= rows = {g.rows}, not {ins.count0}"
         return (f"RUN of P = {ins.count0}, N = {ins.count1} from word {ins.addr0}: needs "
                 f"P >= 1, P + N <= {g.tokens} tokens and an entry word below "
@@ -343,19 +345,21 @@ class FunctionalMachine:
         m, k = ins.count0, ins.count1
         if m == 0 or (g.dataflow == "os" and k == 0):
             return      # no beats: nothing is written (rtl/isa.py)
-        if g.dataflow == "ws":
-            a = self.sp[ins.addr0:ins.addr0 + m, :k]
-        else:
-            a = self.sp[ins.addr0:ins.addr0 + k, :m].T
-        b = self.sp[ins.addr1:ins.addr1 + k, :g.cols]
         out = slice(ins.addr2, ins.addr2 + m)
-        product = a @ b  # |a|,|b| < 2**15, k < 2**16: exact in int64
-        if ins.flags & Flags.ACCUMULATE:
-            product = self.acc[out] + product
-        if g.acc_width == 32:
-            self.acc[out] = ((product + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
-        else:
-            self.acc[out] = wrap(product, g.acc_width)
+        for r in range(ins.tag + 1):     # the WS K loop (OS: tag = 0)
+            a_row, b_row = ins.addr0 + r * ins.mult, ins.addr1 + r * k
+            if g.dataflow == "ws":
+                a = self.sp[a_row:a_row + m, :k]
+            else:
+                a = self.sp[a_row:a_row + k, :m].T
+            b = self.sp[b_row:b_row + k, :g.cols]
+            product = a @ b  # |a|,|b| < 2**15, k < 2**16: exact in int64
+            if r or ins.flags & Flags.ACCUMULATE:
+                product = self.acc[out] + product
+            if g.acc_width == 32:
+                self.acc[out] = ((product + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+            else:
+                self.acc[out] = wrap(product, g.acc_width)
 
     # -- vectors
 

@@ -125,7 +125,16 @@ class Controller(wiring.Component):
                         m.d.sync += slot_state.eq(LOADED)
             start = (slot_state == LOADED) & (~streaming | last_beat)
             with m.If(start):
-                m.d.sync += [slot_state.eq(EMPTY), guard.eq(g.swap_guard)]
+                m.d.sync += guard.eq(g.swap_guard)
+                # The K loop (rtl/isa.py): the slot takes its own next tile, as if the
+                # front end had dispatched it in this cycle.
+                with m.If(slot.tag != 0):
+                    m.d.sync += [slot.addr0.eq(slot.addr0 + slot.mult),
+                                 slot.addr1.eq(slot.addr1 + slot.count1),
+                                 slot.flags.eq(slot.flags | Flags.ACCUMULATE),
+                                 slot.tag.eq(slot.tag - 1), slot_state.eq(PENDING)]
+                with m.Else():
+                    m.d.sync += slot_state.eq(EMPTY)
             m.d.sync += [
                 a_first.eq(streaming & (beat == 0)),
                 a_k.eq(cur.count1),
@@ -610,8 +619,9 @@ class Controller(wiring.Component):
         m_, k_ = instr.count0, instr.count1
         mm = op == Opcode.MATMUL
         if g.dataflow == "ws":
-            ranges += [("sp", instr.addr0, m_, mm), ("sp", instr.addr1, k_, mm),
-                       ("acc", instr.addr2, m_, mm)]
+            reps = instr.tag
+            ranges += [("sp", instr.addr0, Mux(m_ != 0, reps * instr.mult + m_, 0), mm),
+                       ("sp", instr.addr1, (reps + 1) * k_, mm), ("acc", instr.addr2, m_, mm)]
         else:
             ranges += [("sp", instr.addr0, k_, mm), ("sp", instr.addr1, k_, mm),
                        ("acc", instr.addr2, Mux(k_ != 0, m_, 0), mm)]
@@ -669,7 +679,7 @@ class Controller(wiring.Component):
         out_of_range = Cat(when & (rows != 0) & (first + rows > depth[memory])
                            for memory, first, rows, when in ranges).any()
         limit = instr.count1 if g.dataflow == "ws" else instr.count0
-        dataflow = mm & (limit > g.rows)
+        dataflow = mm & ((limit > g.rows) | (instr.tag != 0 if g.dataflow == "os" else 0))
         bad_run = (op == Opcode.RUN) & ((instr.count0 == 0)
                                         | (instr.count0 + instr.count1 > g.tokens)
                                         | (instr.addr0 >= g.program_words))

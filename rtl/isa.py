@@ -27,6 +27,13 @@ Host stream and program alike::
               Lanes of A beyond k (WS) are ignored, so stale scratchpad data
               cannot leak into a result. A MATMUL with no beats (WS m=0,
               OS k=0 or m=0) writes nothing.
+              WS K loop: tag=R runs R+1 tiles back to back; tile r reads A
+              from addr0 + r*mult and B from addr1 + r*k (consecutive
+              k-row pieces of the weights) and accumulates into the same m
+              rows from addr2: tile 0 as flags.ACCUMULATE says, every later
+              tile onto the earlier ones. So one word computes
+              C (+)= sum_r A_r @ B_r over (R+1)*k of K. R=0 is the single
+              tile above (mult is then ignored). OS takes R=0 only.
     REQUANT   addr0=accumulator row, addr1=scratchpad row, count0=rows,
               flags.BIAS, mult, shift: requantized rows into the scratchpad
               (lanes 0..cols-1; higher lanes are written as zero)
@@ -71,8 +78,8 @@ Host stream only (illegal inside a program, :data:`HOST_ONLY`)::
 
 Errors. An illegal instruction (a reserved opcode, VecOp, Branch or SETP
 index, a host-only opcode in a program or a program-only one on the host
-stream, a unit the config lacks, a row outside its memory, WS k > rows or OS
-m > rows, a RUN with P = 0, P + N > geometry.tokens, no program memory or an
+stream, a unit the config lacks, a row outside its memory, WS k > rows, OS
+m > rows or an OS K loop, a RUN with P = 0, P + N > geometry.tokens, no program memory or an
 entry word outside it) is not executed and sets a sticky error
 (:class:`ErrorCode`; where several apply, the smallest code;
 :func:`instruction_error` states the rules, :func:`footprint` the rows each
@@ -201,7 +208,7 @@ class ErrorCode(py_enum.IntEnum):
     ILLEGAL_OPCODE = 1   # reserved opcode or VecOp/Branch, host-only opcode in a program
     NO_UNIT = 2          # a VEC operation whose unit the config does not have
     OUT_OF_RANGE = 3     # a row outside its memory, a program word outside program memory
-    DATAFLOW_LIMIT = 4   # WS k > rows, OS m > rows
+    DATAFLOW_LIMIT = 4   # WS k > rows, OS m > rows, an OS MATMUL with a K loop (tag != 0)
     BAD_RUN = 5          # RUN with P = 0, P + N > tokens, or no program memory
 
 
@@ -554,8 +561,9 @@ def footprint(instruction: Instruction, geometry: Geometry, pos: int = 0, tok: i
     instruction is OUT_OF_RANGE; ranges of no rows touch nothing and are left
     out. The RTL (``rtl/controller.py``) checks the same ranges.
 
-    MATMUL: WS A ``(addr0, m)``, B ``(addr1, k)`` (the weights load even when
-    m = 0), C ``(addr2, m)``; OS A ``(addr0, k)``, B ``(addr1, k)``, C
+    MATMUL: WS A ``(addr0, R * mult + m)``, B ``(addr1, (R + 1) * k)`` (the
+    weights load even when m = 0), C ``(addr2, m)``, with R = tag (the K loop);
+    OS A ``(addr0, k)``, B ``(addr1, k)``, C
     ``(addr2, m)`` if k > 0 (no beats write nothing). VEC: every vector it reads
     or writes (``vector_rows(n, cols)`` rows), column-table entries (``n``
     rows), TOK[POS] (EMBED) and TOK[POS+1] (ARGMAX). EMIT: TOK[POS+1]. BRANCH:
@@ -566,7 +574,9 @@ def footprint(instruction: Instruction, geometry: Geometry, pos: int = 0, tok: i
     if op == Opcode.MATMUL:
         m, k = ins.count0, ins.count1
         if g.dataflow == "ws":
-            ranges = [("sp", ins.addr0, m), ("sp", ins.addr1, k), ("acc", ins.addr2, m)]
+            reps = ins.tag
+            ranges = [("sp", ins.addr0, reps * ins.mult + m if m else 0),
+                      ("sp", ins.addr1, (reps + 1) * k), ("acc", ins.addr2, m)]
         else:
             ranges = [("sp", ins.addr0, k), ("sp", ins.addr1, k), ("acc", ins.addr2, m if k else 0)]
     elif op == Opcode.REQUANT:
@@ -612,7 +622,8 @@ def instruction_error(instruction: Instruction, geometry: Geometry, *, in_progra
     for memory, first, rows in footprint(ins, g, pos, tok):
         if first + rows > memory_depth(g, memory):
             return ErrorCode.OUT_OF_RANGE
-    if op == Opcode.MATMUL and (ins.count1 if g.dataflow == "ws" else ins.count0) > g.rows:
+    if op == Opcode.MATMUL and ((ins.count1 if g.dataflow == "ws" else ins.count0) > g.rows
+                                or g.dataflow == "os" and ins.tag):
         return ErrorCode.DATAFLOW_LIMIT
     if op == Opcode.RUN and (ins.count0 == 0 or ins.count0 + ins.count1 > g.tokens
                              or ins.addr0 >= g.program_words):

@@ -5,6 +5,7 @@ import random
 import pytest
 
 from firmware.cycles import cycle_report, run_cycles, link_seconds
+from firmware.functional import FunctionalMachine
 from rtl.isa import Geometry, Instruction, Opcode, Flags, Branch, VecOp, VEC_UNIT, UNITS, encode
 from rtl.top import Accelerator
 from tests.rtl.streams import run_stream
@@ -26,13 +27,18 @@ def random_program(g: Geometry, seed: int, length: int = 14):
         kind = rnd.choice(["mm", "mm", "mm", "mmrun", "store", "requant", "store_sp", "sync", "load"])
         if kind in ("mm", "mmrun"):
             for _ in range(rnd.randint(2, 5) if kind == "mmrun" else 1):
+                reps = step = 0
                 if g.dataflow == "ws":
                     m, k = rnd.choice([0, 1, 2, 3, 9, 20]), rnd.randint(0, g.rows)
+                    if kind == "mmrun" and rnd.random() < 0.5:     # a K loop inside the memories
+                        reps, step = rnd.randint(1, 4), rnd.randint(0, 2)
+                        m, k = rnd.choice([0, 1, 2, 9]), min(k, 30 // (reps + 1))
                 else:
                     m, k = rnd.randint(0, g.rows), rnd.choice([0, 1, 2, 5, 2 * g.rows + g.cols + 2])
                 add(Instruction(Opcode.MATMUL, flags=rnd.choice([0, Flags.ACCUMULATE]),
                                 addr0=rnd.randrange(sp - 30), addr1=rnd.randrange(sp - 30),
-                                addr2=rnd.randrange(acc - 30), count0=m, count1=k))
+                                addr2=rnd.randrange(acc - 30), count0=m, count1=k, tag=reps,
+                                mult=step))
         elif kind == "store":
             add(Instruction(Opcode.STORE, addr0=rnd.randrange(acc - 8), count0=rnd.randint(0, 4),
                             flags=rnd.choice([0, Flags.BIAS, Flags.REQUANT, Flags.REQUANT | Flags.BIAS]),
@@ -85,6 +91,29 @@ def test_cycle_model_matches_rtl_on_back_to_back_tiles(dataflow, size):
     assert cycle_report([i for i, _ in steps], g).total_cycles == cycles
 
 
+@pytest.mark.parametrize("size,m", [(4, 1), (8, 1), (4, 3)])
+def test_k_loops_match_interpreter_and_model(size, m):
+    """WS K loops (tag, A step mult) back to back, each accumulating onto the rows the one
+    before wrote, then a plain MATMUL onto the same rows: data as the ISA interpreter's,
+    cycles as the model's."""
+    g = Geometry(rows=size, cols=size, scratchpad_kib=1, accumulator_kib=2, banks=2)
+    rnd = random.Random(size + m)
+    steps = [(Instruction(Opcode.LOAD_SP, addr0=0, count0=40),
+              bytes(rnd.randrange(256) for _ in range(40 * g.sp_row_bytes)))]
+    for n, (reps, step) in enumerate([(3, m), (0, 5), (5, 1), (1, 0), (2, m)]):
+        steps.append((Instruction(Opcode.MATMUL, flags=n % 2, addr0=n, addr1=2 * n, addr2=m * (n % 2),
+                                  count0=m, count1=size - n % 2, tag=reps, mult=step), b""))
+    steps.append((Instruction(Opcode.MATMUL, flags=Flags.ACCUMULATE, addr0=7, addr1=1, count0=m,
+                              count1=size, tag=2, mult=1), b""))
+    steps.append((Instruction(Opcode.STORE, addr0=0, count0=2 * m), b""))
+    steps.append((Instruction(Opcode.SYNC, tag=7), b""))
+    program = b"".join(encode(i) + p for i, p in steps)
+    n_reply = sum(reply_bytes(g, i) for i, _ in steps)
+    reply, cycles = run_stream(Accelerator(g), program, n_reply)
+    assert reply == FunctionalMachine(g).run(program)
+    assert cycle_report([i for i, _ in steps], g).total_cycles == cycles
+
+
 # --- ISA v1: programs in program memory, RUN, errors -------------------------------------------
 
 def v1_geometry(rows, cols, dataflow, **kw):
@@ -93,13 +122,22 @@ def v1_geometry(rows, cols, dataflow, **kw):
 
 
 def random_matmul(g, rnd):
+    """A MATMUL inside the memories; in WS a third of them K loops (tag, A step mult) that
+    stay inside too, in OS a few K loops, which are illegal."""
+    reps = step = 0
     if g.dataflow == "ws":
         m, k = rnd.choice([0, 1, 3, 9]), rnd.randint(0, g.rows)
+        if rnd.random() < 1 / 3:
+            m, reps, step = rnd.choice([0, 1, 3]), rnd.randint(1, 3), rnd.randint(0, 2)
+            k = rnd.randint(0, min(g.rows, 12 // (reps + 1)))
     else:
         m, k = rnd.randint(0, g.rows), rnd.choice([0, 1, 5, 2 * g.rows + g.cols + 1])
+        if rnd.random() < 0.05:
+            reps = 1
     return Instruction(Opcode.MATMUL, flags=rnd.choice([0, Flags.ACCUMULATE]),
                        addr0=rnd.randrange(g.sp_depth - 12), addr1=rnd.randrange(g.sp_depth - 12),
-                       addr2=rnd.randrange(g.acc_depth - 12), count0=m, count1=k)
+                       addr2=rnd.randrange(g.acc_depth - 12), count0=m, count1=k, tag=reps,
+                       mult=step)
 
 
 def random_vec(g, rnd, op=None):
