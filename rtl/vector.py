@@ -34,10 +34,12 @@ LAYERNORM and ARGMAX take ``vector_lanes`` elements a cycle; EMBED, PUT_COL
 and the copies do not depend on it.
 
 Multipliers per lane: one requantizer (the x * M of rq8/rq32: two 16x16
-pieces) shared by REQ, ADD, MUL, GELU, SOFTMAX and LAYERNORM; MUL's a * b;
-GELU's square and q * (y + ONE); SOFTMAX's i-exp square and e * f; LAYERNORM's
-v * v / v * inv (one multiplier for both passes) and z * G; EMBED's two
-table products (once, not per lane).
+pieces) shared by REQ, ADD, MUL, GELU, SOFTMAX and LAYERNORM, whose pieces
+also give EMBED its two table products (lane 0); MUL's 8x8 a * b in LUTs;
+GELU's square and q * (y + ONE); SOFTMAX's i-exp square and e * f;
+LAYERNORM's v * v / v * inv (one multiplier for both passes) and z * G (32 x
+18). docs/rtl.md ("Vector unit") has the cycle counts, the pipelines and the
+area per unit and lane.
 """
 
 import functools
