@@ -378,13 +378,15 @@ class Geometry:
     def swap_guard(self) -> int:
         """WS: cycles the shadow weights stay reserved after a tile starts streaming.
 
-        Shadow row r is read until the swap beat has passed PE(r, cols-1), and the
-        next tile's weights load one row a cycle from row 0, so every row is free
-        in time once cols - 1 cycles have passed (the array's input register
-        included); 2 more are kept as margin (tests/firmware/test_sim.py fails
-        with cols - 3).
+        None: the next tile's weight row r reaches PE(r, j) in the same number of
+        cycles after it leaves the scratchpad as the swap beat takes to reach PE(r, j)
+        from the array's input (rtl/array.py delays a weight row one cycle a column,
+        and rows load one a cycle from row 0, as the swap moves one row a cycle), so
+        a load that begins in the cycle after a tile starts writes every shadow
+        weight in or after the cycle the swap takes it. (It was cols + 1 while a row
+        reached every column at once.)
         """
-        return self.cols + 1
+        return 0
 
     @property
     def sp_lanes(self) -> int:
@@ -454,10 +456,18 @@ def vector_op_cycles(instruction: Instruction, geometry: Geometry, pos: int = 0)
     """Cycles a VEC instruction keeps the vector unit busy (rtl/vector.py).
 
     The controller pulses ``start`` in cycle 0; ``busy`` is then high in cycles
-    1 .. ``vector_op_cycles(...)`` and low after, and every write of the
-    instruction (memories, TOK) happens in one of those cycles. The count
-    depends on the instruction, the geometry (cols, vector_lanes) and POS only,
-    never on the data. ``instruction.tag`` must be a VecOp.
+    1 .. N, N = ``vector_op_cycles(...)`` >= 1, and low from cycle N + 1 on,
+    and every write of the instruction (memories, TOK) happens in one of
+    cycles 1 .. N. N depends on the instruction, the geometry (cols,
+    vector_lanes) and POS (SOFTMAX with flags.POS) only, never on the data.
+    ``instruction.tag`` must be a VecOp whose unit the geometry has.
+
+    One setup cycle, then per op: row passes (``row_pass``: rows times the
+    operand reads plus cols / vector_lanes lane cycles, then the pass's
+    ``VEC_DRAIN``), serial divisions (a load cycle and ``VEC_DIV_STEPS``),
+    the square root (``VEC_SQRT_STEPS``), EMBED/PUT_COL's address setup and
+    one element a cycle, or a row a cycle for the copies.
+    ``tests/rtl/test_vector.py`` holds the RTL to it.
     """
     ins, g = instruction, geometry
     op = VecOp(ins.tag)
@@ -501,7 +511,8 @@ def vector_op_cycles(instruction: Instruction, geometry: Geometry, pos: int = 0)
     return setup + n + 1
 
 
-__all__ += ["vector_op_cycles"]
+__all__ += ["vector_op_cycles", "VEC_DRAIN", "VEC_DIV_STEPS", "VEC_SQRT_STEPS",
+            "VEC_ADDR_SETUP_CYCLES"]
 
 
 _VEC_OPS = frozenset(int(op) for op in VecOp)
