@@ -4,7 +4,11 @@ Weight-stationary (``dataflow="ws"``): the array holds a weight tile
 ``W[rows, cols]``. One beat carries an activation row ``a[rows]``;
 ``latency`` cycles later the array gives ``c[j] = sum_i a[i] * W[i, j]``.
 Weights are written row by row into shadow registers (``w_load``) while the
-previous tile streams; the beat with ``in_swap`` switches to them.
+previous tile streams; the beat with ``in_swap`` switches to them. A weight row
+reaches PE column ``j`` ``j`` cycles after it is presented, the way the swap
+beat travels along a row, so a row presented in the cycle after the swap beat
+entered row ``i`` (``Geometry.swap_guard``) never overwrites a shadow weight
+that beat still has to take.
 
 Output-stationary (``dataflow="os"``): beat ``t`` carries the column ``a[rows]``
 of ``A[:, t]`` and the row ``b[cols]`` of ``B[t, :]``; every PE accumulates its
@@ -132,6 +136,13 @@ class SystolicArray(wiring.Component):
         pes = [[WeightStationaryPE(input_width=self.input_width, acc_width=self.acc_width,
                                    multiplier=self.multiplier)
                 for _ in range(cols)] for _ in range(rows)]
+        # A weight row reaches column j j cycles after it is presented, as the swap beat
+        # does: the next tile's weights then follow the swap along the row (swap_guard).
+        w_load, w_row = [self.w_load], [self.w_row]
+        for j in range(1, cols):
+            w_load.append(_delay(m, w_load[-1], 1, f"w_load_c{j}"))
+            w_row.append(_delay(m, w_row[-1], 1, f"w_row_c{j}"))
+        w_data = [_delay(m, self.w_data[j], j, f"w_data_c{j}") for j in range(cols)]
         for i in range(rows):
             a = _delay(m, i_["in_a"][i], i, f"skew_a{i}")
             valid = _delay(m, i_["in_valid"], i, f"skew_v{i}")
@@ -142,8 +153,8 @@ class SystolicArray(wiring.Component):
                 m.d.comb += [
                     pe.a_in.eq(a), pe.valid_in.eq(valid), pe.swap_in.eq(swap),
                     pe.psum_in.eq(pes[i - 1][j].psum_out if i else 0),
-                    pe.w_load.eq(self.w_load & (self.w_row == i)),
-                    pe.w_data.eq(self.w_data[j]),
+                    pe.w_load.eq(w_load[j] & (w_row[j] == i)),
+                    pe.w_data.eq(w_data[j]),
                 ]
                 a, valid, swap = pe.a_out, pe.valid_out, pe.swap_out
         for j in range(cols):

@@ -378,13 +378,15 @@ class Geometry:
     def swap_guard(self) -> int:
         """WS: cycles the shadow weights stay reserved after a tile starts streaming.
 
-        Shadow row r is read until the swap beat has passed PE(r, cols-1), and the
-        next tile's weights load one row a cycle from row 0, so every row is free
-        in time once cols - 1 cycles have passed (the array's input register
-        included); 2 more are kept as margin (tests/firmware/test_sim.py fails
-        with cols - 3).
+        None: the next tile's weight row r reaches PE(r, j) in the same number of
+        cycles after it leaves the scratchpad as the swap beat takes to reach PE(r, j)
+        from the array's input (rtl/array.py delays a weight row one cycle a column,
+        and rows load one a cycle from row 0, as the swap moves one row a cycle), so
+        a load that begins in the cycle after a tile starts writes every shadow
+        weight in or after the cycle the swap takes it. (It was cols + 1 while a row
+        reached every column at once.)
         """
-        return self.cols + 1
+        return 0
 
     @property
     def sp_lanes(self) -> int:
