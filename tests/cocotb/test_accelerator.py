@@ -51,7 +51,29 @@ def cases_for(g, seed):
     a, b = rand(2, 6 * R + 5), rand(6 * R + 5, 2)
     out.append(("long K", compile_matmul(g, a, b, mult_shift=(1, 0)),
                 golden.requantize(a, b, None, 1, 0, input_width=g.input_width)))
+    out.append(calibrated_requant_case(g, rng))
     return out
+
+
+def calibrated_requant_case(g, rng):
+    """Requantization with a calibrated scale (the largest |acc + bias| maps to 3/4 of the
+    int8 range), so that most outputs are neither saturated nor zero and their rounding
+    shows: a change of the rounding rule changes many of them."""
+    from firmware.runtime import scale_to_mult_shift
+    low, high = -(1 << (g.input_width - 1)), (1 << (g.input_width - 1)) - 1
+    a = rng.integers(low, high + 1, (2 * g.rows + 1, g.rows + 5))
+    b = rng.integers(low, high + 1, (g.rows + 5, g.cols + 2))
+    bias = rng.integers(-(1 << 12), 1 << 12, g.cols + 2)
+    x = golden.matmul(a, b, bias)
+    mult, shift = scale_to_mult_shift(0.75 * high / float(x.abs().max()))
+    expected = golden.requantize(a, b, bias, mult, shift, input_width=g.input_width)
+    live = ((expected != 0) & (expected > low) & (expected < high)).float().mean().item()
+    assert live >= 0.5, f"only {live:.0%} of the calibrated outputs are unsaturated and nonzero"
+    # The fraction dropped by the shift is >= 1/2 for about half of the outputs.
+    exact = (x * mult).double() / 2 ** shift
+    assert ((exact - exact.floor()) >= 0.5).float().mean().item() > 0.2
+    return ("calibrated requant", compile_matmul(g, a, b, bias=bias, mult_shift=(mult, shift)),
+            expected)
 
 
 def build_dir_for(verilog_digest: str) -> pathlib.Path:
