@@ -19,7 +19,6 @@ import tomllib
 import pytest
 
 from boards import BOARDS
-from gen import build as gen_build
 from gen.build import Build, OutputLock, main
 from gen.config import load_config, parse_config
 from gen.reports import does_not_fit
