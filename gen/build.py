@@ -48,6 +48,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import re
 import os
 import pathlib
 import shlex
@@ -146,10 +147,25 @@ def write_manifest(out: pathlib.Path, config: Config, stages: dict, extra_tools:
     return manifest
 
 
+# DSP blocks the design needs beside the PEs: the requantizer's 16-bit pieces of its
+# (acc_width + 1)-bit input, the controller's two MATMUL K-loop range products, and the
+# vector unit's per lane (docs/rtl.md's area table: 12 DSPs a lane with every unit).
+_CONTROLLER_MULTIPLIERS = 2
+_VECTOR_UNIT_MULTIPLIERS_PER_LANE = 12
+
+
+def other_multipliers(geometry) -> int:
+    """Multipliers outside the PEs that synthesis puts in DSP blocks."""
+    requantizer = -(-(geometry.acc_width + 1) // 16)
+    units = _VECTOR_UNIT_MULTIPLIERS_PER_LANE * geometry.vector_lanes if geometry.units else 0
+    return requantizer + _CONTROLLER_MULTIPLIERS + units
+
+
 def multiplier_for(config: Config) -> str:
     """``[accelerator] multiplier`` with ``auto`` resolved from the target device: its
-    family's DSP primitive (``rtl.dsp``) when the PEs leave a DSP block for the other
-    multipliers, else the generic ``*`` (which the synth stage can move to LUTs)."""
+    family's DSP primitive (``rtl.dsp``) when the PEs leave enough DSP blocks for the
+    other multipliers (:func:`other_multipliers`), else the generic ``*`` (which the
+    synth stage can move to LUTs; a primitive cannot move)."""
     choice = config.accelerator.multiplier
     if choice != "auto":
         return choice
@@ -159,7 +175,9 @@ def multiplier_for(config: Config) -> str:
     if device is None:
         return "generic"
     dsps = device.limits.get({"ecp5": "MULT18X18D", "ice40": "ICESTORM_DSP"}[device.family], 0)
-    return device.family if config.accelerator.rows * config.accelerator.cols < dsps else "generic"
+    a = config.accelerator
+    needed = a.rows * a.cols + other_multipliers(a.geometry)
+    return device.family if needed <= dsps else "generic"
 
 
 def accelerator_for(config: Config):
@@ -653,7 +671,10 @@ class Build:
             sizes = {name: a * b for name, a, b in muls}
             self._check_fit(extra_luts=sum(sizes[name] for name in demoted), recount=False)
             prefix = "board/*" if self.board else "top/*"
-            patterns = " ".join(prefix + name.rsplit("\\", 1)[-1] for name in demoted)
+            # A cell's name ends in Yosys' running index ($1039), which another script
+            # (the synthesis one adds `rename`) numbers differently: match any index.
+            patterns = " ".join(prefix + re.sub(r"\$\d+$", "$*", name.rsplit("\\", 1)[-1])
+                                for name in demoted)
             top = NAME if self.board else "top"
             self._script_after_read = (f"hierarchy -top {top}\nproc\nflatten\nwreduce t:$mul\n"
                                        f"techmap -map +/techmap.v {patterns}")

@@ -125,11 +125,18 @@ def overflow_line(part: str, over: dict, resources: dict, when: str) -> str:
 
 
 def multipliers_from_dump(text: str) -> list[tuple[str, int, int]]:
-    """(cell name, A width, B width) of each ``$mul`` in Yosys ``dump`` output."""
+    """(cell name, A width, B width) of each ``$mul`` in Yosys ``dump`` output whose operands
+    are both signals and at least 2 bits wide: a product with a constant becomes shifts and
+    adds, and a 1-bit one an AND, never a DSP, so moving them to LUTs would free none."""
     out = []
-    for name, params in re.findall(r"cell \$mul (\S+)\n((?:[ \t]+parameter .*\n)+)", text):
-        widths = dict(re.findall(r"parameter \\(\w+_WIDTH) (\d+)", params))
-        out.append((name, int(widths["A_WIDTH"]), int(widths["B_WIDTH"])))
+    for name, body in re.findall(r"cell \$mul (\S+)\n((?:[ \t]+(?:parameter|connect) .*\n)+)",
+                                 text):
+        if re.search(r"connect \\[AB] \d+'[01xz]+\s*$", body, re.M):
+            continue
+        widths = dict(re.findall(r"parameter \\(\w+_WIDTH) (\d+)", body))
+        a, b = int(widths["A_WIDTH"]), int(widths["B_WIDTH"])
+        if min(a, b) >= 2:  # Yosys' mul2dsp leaves narrower products in logic
+            out.append((name, a, b))
     return out
 
 

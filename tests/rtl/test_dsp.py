@@ -236,13 +236,17 @@ def test_array_rejects_an_unknown_multiplier():
     ({"rows": 4, "cols": 4, "scratchpad_kib": 4, "accumulator_kib": 4},
      {"board": "orangecrab-25f"}, "ecp5"),
     ({"scratchpad_kib": 4, "accumulator_kib": 4}, {"board": "orangecrab-25f"}, "generic"),
+    # 2x2 on the UP5K: 4 PEs + 5 other multipliers > 8 DSPs (primitives cannot move to LUTs).
     ({"rows": 2, "cols": 2, "scratchpad_kib": 1, "accumulator_kib": 1, "banks": 1},
+     {"board": "icebreaker"}, "generic"),
+    ({"rows": 1, "cols": 2, "scratchpad_kib": 1, "accumulator_kib": 1, "banks": 1},
      {"board": "icebreaker"}, "ice40"),
     ({"multiplier": "generic"}, {"board": "ulx3s-85f"}, "generic"),
 ])
 def test_the_build_resolves_auto_from_the_device(accelerator, target, expected):
-    """``auto``: the family's primitive while the PEs leave a DSP block for the rest
-    (the 25F's 28 cannot take 8x8), else generic; anything else is taken as given."""
+    """``auto``: the family's primitive while the PEs leave enough DSP blocks for the
+    other multipliers (the 25F's 28 cannot take 8x8), else generic; anything else is
+    taken as given."""
     from gen.build import multiplier_for
     from gen.config import parse_config
     assert multiplier_for(parse_config({"accelerator": accelerator, "target": target})) == expected
