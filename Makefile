@@ -32,7 +32,7 @@ setup: $(VENV)/.installed
 	  { echo "error: libftdi1 is missing and apt-get failed; run: sudo apt-get install libusb-1.0-0 libftdi1-2" >&2; exit 1; }; }
 
 demo: setup
-	$(PY) -m gen.demo --config $(CONFIG)
+	$(PY) -m gen.demo --config $(CONFIG) $(ARGS)
 
 test: setup
 	$(PY) -m pytest -n $(JOBS) -q
