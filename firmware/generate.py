@@ -20,7 +20,6 @@ Backends: ``functional`` (default, the numpy ISA interpreter), ``verilator``,
 """
 
 import argparse
-import dataclasses
 import pathlib
 import sys
 import time
@@ -95,10 +94,9 @@ def _device(args, config):
         return Device.serial(args.port, config)
     if args.backend == "functional":
         return Device.functional(config)
-    # The simulators have no models of the FPGA's DSP primitives; the generic multiplier
-    # has the same timing (gen/config.py), so the cycles are the board's.
-    generic = dataclasses.replace(config.accelerator, multiplier="generic")
-    return Device.simulated(dataclasses.replace(config, accelerator=generic), args.backend)
+    # firmware/sim.py elaborates with the generic multiplier, whose timing the DSP
+    # primitives share, so the cycles are the board's.
+    return Device.simulated(config, args.backend)
 
 
 def main(argv=None) -> int:

@@ -145,8 +145,8 @@ def test_cycle_model_equals_the_event_model_of_a_whole_run(variant):
 
 @pytest.fixture(scope="module")
 def verilator_config():
-    """configs/default.toml (the Transformer default) with generic multipliers (Verilator has
-    no models of the FPGA's DSP primitives) and a larger scratchpad."""
+    """configs/default.toml (the Transformer default) with a larger scratchpad (the
+    simulators elaborate it with the generic multiplier, firmware/sim.py)."""
     from firmware import sim
     from gen.config import load_config
     try:
@@ -157,7 +157,7 @@ def verilator_config():
     # 128 KiB of scratchpad: the 3-layer shared/none test model needs 12576 rows (98 KiB);
     # the default's 96 KiB holds the shipped 2-layer model.
     return dataclasses.replace(config, accelerator=dataclasses.replace(
-        config.accelerator, multiplier="generic", scratchpad_kib=128))
+        config.accelerator, scratchpad_kib=128))
 
 
 def _verilator_device(config):

@@ -85,11 +85,7 @@ def test_cycle_model_matches_rtl_on_back_to_back_tiles(dataflow, size):
                                   count0=m, count1=k), b""))
     steps.append((Instruction(Opcode.STORE, addr0=0, count0=30), b""))
     steps.append((Instruction(Opcode.SYNC, tag=7), b""))
-    program = b"".join(encode(i) + p for i, p in steps)
-    n_reply = sum(reply_bytes(g, i) for i, _ in steps)
-    reply, cycles = run_stream(Accelerator(g), program, n_reply)
-    assert reply == FunctionalMachine(g).run(program)
-    assert cycle_report([i for i, _ in steps], g).total_cycles == cycles
+    _check_against_interpreter_and_model(g, steps)
 
 
 @pytest.mark.parametrize("size,m", [(4, 1), (8, 1), (4, 3)])
@@ -108,11 +104,7 @@ def test_k_loops_match_interpreter_and_model(size, m):
                               count1=size, tag=2, mult=1), b""))
     steps.append((Instruction(Opcode.STORE, addr0=0, count0=2 * m), b""))
     steps.append((Instruction(Opcode.SYNC, tag=7), b""))
-    program = b"".join(encode(i) + p for i, p in steps)
-    n_reply = sum(reply_bytes(g, i) for i, _ in steps)
-    reply, cycles = run_stream(Accelerator(g), program, n_reply)
-    assert reply == FunctionalMachine(g).run(program)
-    assert cycle_report([i for i, _ in steps], g).total_cycles == cycles
+    _check_against_interpreter_and_model(g, steps)
 
 
 # --- ISA v1: programs in program memory, RUN, errors -------------------------------------------
@@ -345,3 +337,13 @@ def test_vec_programs_match_interpreter_and_cycle_model(rows, cols, dataflow, se
     steps = random_v1_stream(g, seed, vec_ops=list(VecOp) * 2)
     reply = check_v1_stream(g, steps, lambda s, n: run_stream(Accelerator(g), s, n))
     assert reply[-1] == 0xA5
+
+
+def _check_against_interpreter_and_model(g, steps):
+    """Run (instruction, payload) ``steps`` on the RTL: the reply as the ISA interpreter's,
+    the cycles as the model's."""
+    program = b"".join(encode(i) + p for i, p in steps)
+    n_reply = sum(reply_bytes(g, i) for i, _ in steps)
+    reply, cycles = run_stream(Accelerator(g), program, n_reply)
+    assert reply == FunctionalMachine(g).run(program)
+    assert cycle_report([i for i, _ in steps], g).total_cycles == cycles
