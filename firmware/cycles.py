@@ -111,8 +111,8 @@ class _Timeline:
         self.last_reply = None      # cycle that sends the last reply byte
         self.slot_empty = 0         # first cycle the engine's slot is empty
         self.idle = 0               # first cycle the engine has nothing in flight
-        self.guard_free = 0         # WS: first cycle the shadow weights may be loaded
-        self.prev_start, self.prev_beats = None, 0   # the previous tile's start and beats
+        self.start_free = 0         # WS: first cycle the next tile may start (the previous
+                                    # one has issued its beats and its weight reads)
         self.last_beat = None       # OS: cycle of the latest last beat
         self.compute = 0
         self.run_start = None
@@ -161,19 +161,18 @@ class _Timeline:
         m, k = ins.count0, ins.count1
         if g.dataflow == "ws":
             # Tile r > 0 of a K loop takes the slot again at the start of tile r - 1,
-            # as a MATMUL dispatched in that cycle would.
+            # as a MATMUL dispatched in that cycle would. A tile starts (y) once the slot
+            # is full and the previous tile has issued its beats and its weight reads;
+            # its own weights are read in the cycles after y, beside its first beats.
             for r in range(ins.tag + 1):
                 if r:
-                    self._tile(y, m)
+                    self._tile(y, m, g.weight_cycles(k))
                     d = y
-                x = max(d + 1, self.guard_free)             # PENDING -> LOADING
-                y = x + k + 1 if k else x + 1
-                if self.prev_start is not None and self.prev_beats:
-                    y = max(y, self.prev_start + self.prev_beats)
-                self.guard_free = y + 1 + g.swap_guard
+                y = max(d + 1, self.start_free)
                 self.macs += m * k * g.cols
             self.slot_empty = y + 1
-            beats = m
+            self._tile(y, m, g.weight_cycles(k))
+            return d0 + 1
         else:
             y = d + 1
             if self.last_beat is not None:
@@ -186,11 +185,12 @@ class _Timeline:
         self._tile(y, beats)
         return d0 + 1
 
-    def _tile(self, y, beats):
-        """A tile of ``beats`` beats that starts streaming at cycle ``y``."""
+    def _tile(self, y, beats, weight_cycles=0):
+        """A tile of ``beats`` beats that starts at cycle ``y`` (WS: and reads its weights
+        in ``weight_cycles`` cycles; a tile without beats reads none)."""
         if beats:
             self.idle = max(self.idle, y + beats + 1 + self.drain)
-            self.prev_start, self.prev_beats = y, beats
+            self.start_free = y + max(beats, weight_cycles)
         self.beats += beats
 
     def _common(self, ins, d):

@@ -11,6 +11,8 @@ A config file has an ``[accelerator]`` table and a ``[target]`` table::
     scratchpad_kib = 16   # operand memory
     accumulator_kib = 16  # int32 result memory
     banks = 2             # memory banks: 1, 2, 4 or 8
+    scratchpad_banks = 8  # the scratchpad's banks if not banks (1, 2, 4 or 8): the rows
+                          # the WS weight path reads a cycle (8 load an 8x8 tile a cycle)
     program_kib = 32      # on-chip program memory (0 = none: host-streamed programs only)
     tokens = 128          # token buffer: the longest prompt + generation a RUN holds
     units = ["elementwise", "gelu", "softmax", "layernorm", "embed", "argmax"]
@@ -59,6 +61,7 @@ class AcceleratorConfig:
     tokens: int = 0
     units: tuple[str, ...] = ()
     vector_lanes: int = 1
+    scratchpad_banks: int | None = None
     multiplier: str = "auto"   # not part of the Geometry: every kind has the same timing
 
     def __post_init__(self):

@@ -49,7 +49,7 @@ class MemoryShape:
 def accelerator_memories(g: Geometry) -> list[MemoryShape]:
     """The accelerator's memories as the RTL builds them."""
     shapes = [
-        MemoryShape("scratchpad", g.sp_width, g.sp_depth, g.banks, SCRATCHPAD_READ_PORTS),
+        MemoryShape("scratchpad", g.sp_width, g.sp_depth, g.sp_banks, SCRATCHPAD_READ_PORTS),
         MemoryShape("accumulator", g.acc_row_width, g.acc_depth, g.banks, ACCUMULATOR_READ_PORTS),
     ]
     if g.program_words:

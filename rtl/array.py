@@ -3,13 +3,18 @@
 Weight-stationary (``dataflow="ws"``): the array holds a weight tile
 ``W[rows, cols]``. One beat carries an activation row ``a[rows]``;
 ``latency`` cycles later the array gives ``c[j] = sum_i a[i] * W[i, j]``.
-Weights are written row by row into shadow registers (``w_load``) while the
-previous tile streams; the beat with ``in_swap`` switches to them. A weight row
-reaches PE column ``j`` ``j`` cycles after it is presented, the way the swap
-beat travels along a row, so a row presented in the cycle after the swap beat
-entered row ``i`` (``Geometry.swap_guard``) never overwrites a shadow weight
-that beat still has to take.
-
+Weights are written into shadow registers (``w_load``) while the previous tile
+streams; the beat with ``in_swap`` switches to them. They come ``weight_rows``
+rows a cycle (a *chunk*: rows ``w_chunk * weight_rows`` on, from the
+scratchpad's wide read) and travel as a diagonal wave, the way the swap beat
+does: row ``i`` of chunk ``c`` is delayed ``i - c`` cycles and reaches PE
+column ``j`` ``j`` cycles later still. A tile whose chunk ``c`` is presented
+``c`` cycles after its first (``w0``) writes PE(i, j) in cycle
+``w0 + i + j``; its swap beat, presented at ``s``, takes the shadow in cycle
+``s + 1 + i + j``. So the write lands in time when ``w0 <= s``, and only
+after the previous tile's swap took the old shadow when ``w0 > s_prev``: any
+``w0`` in ``(s_prev, s]`` is safe for every PE at once, so a tile may start
+every cycle. (``weight_rows = 1`` is the row-a-cycle load, with no row delays.)
 Output-stationary (``dataflow="os"``): beat ``t`` carries the column ``a[rows]``
 of ``A[:, t]`` and the row ``b[cols]`` of ``B[t, :]``; every PE accumulates its
 ``C[i, j]``. ``in_first`` starts a tile and ``in_last`` ends it; the finished
@@ -43,12 +48,23 @@ def _delay(m, signal, cycles, name):
     return signal
 
 
+def _taps(m, signal, cycles, name):
+    """``[signal, signal delayed 1, ..., delayed cycles]``: one register chain."""
+    taps = [signal]
+    for n in range(cycles):
+        reg = Signal.like(taps[-1], name=f"{name}_d{n + 1}")
+        m.d.sync += reg.eq(taps[-1])
+        taps.append(reg)
+    return taps
+
+
 class SystolicArray(wiring.Component):
     """Members (WS)
     ------------
     in_valid, in_swap : In(1); in_a : In(ArrayLayout(signed(input_width), rows))
     in_tag : In(tag_width)
-    w_load : In(1); w_row : In(range(rows)); w_data : In(ArrayLayout(signed(input_width), cols))
+    w_load : In(1); w_chunk : In(range(ceil(rows / weight_rows)))
+    w_data : In(ArrayLayout(ArrayLayout(signed(input_width), cols), weight_rows))
     out_valid : Out(1); out_c : Out(ArrayLayout(signed(acc_width), cols)); out_tag : Out(tag_width)
 
     Members (OS)
@@ -58,7 +74,7 @@ class SystolicArray(wiring.Component):
     """
 
     def __init__(self, rows, cols, *, dataflow="ws", input_width=8, acc_width=32, tag_width=1,
-                 multiplier="generic"):
+                 multiplier="generic", weight_rows=1):
         self.rows = operator.index(rows)
         self.cols = operator.index(cols)
         for name, value in (("rows", self.rows), ("cols", self.cols)):
@@ -70,6 +86,11 @@ class SystolicArray(wiring.Component):
         self.input_width = operator.index(input_width)
         self.acc_width = operator.index(acc_width)
         self.tag_width = operator.index(tag_width)
+        self.weight_rows = operator.index(weight_rows)
+        if not 1 <= self.weight_rows <= self.rows:
+            raise ValueError(f"weight_rows must be from 1 to rows ({self.rows}), "
+                             f"not {self.weight_rows!r}")
+        self.weight_chunks = -(-self.rows // self.weight_rows)
         try:
             self.multiplier = check_kind(multiplier)
         except ValueError:
@@ -88,8 +109,9 @@ class SystolicArray(wiring.Component):
             ports.update({
                 "in_swap": In(1),
                 "w_load": In(1),
-                "w_row": In(range(self.rows)),
-                "w_data": In(data.ArrayLayout(signed(iw), self.cols)),
+                "w_chunk": In(range(self.weight_chunks)),
+                "w_data": In(data.ArrayLayout(data.ArrayLayout(signed(iw), self.cols),
+                                              self.weight_rows)),
             })
         else:
             ports.update({
@@ -136,13 +158,17 @@ class SystolicArray(wiring.Component):
         pes = [[WeightStationaryPE(input_width=self.input_width, acc_width=self.acc_width,
                                    multiplier=self.multiplier)
                 for _ in range(cols)] for _ in range(rows)]
-        # A weight row reaches column j j cycles after it is presented, as the swap beat
-        # does: the next tile's weights then follow the swap along the row (swap_guard).
-        w_load, w_row = [self.w_load], [self.w_row]
-        for j in range(1, cols):
-            w_load.append(_delay(m, w_load[-1], 1, f"w_load_c{j}"))
-            w_row.append(_delay(m, w_row[-1], 1, f"w_row_c{j}"))
-        w_data = [_delay(m, self.w_data[j], j, f"w_data_c{j}") for j in range(cols)]
+        # The weight wave (module docstring): row i = c * W + o of chunk c reaches PE(i, j)
+        # i - c + j cycles after it is presented. One delay line per signal, tapped.
+        W = self.weight_rows
+        delay = [i - i // W for i in range(rows)]
+        load = _taps(m, self.w_load, max(delay) + cols - 1, "w_load")
+        chunk = _taps(m, self.w_chunk, max(delay) + cols - 1, "w_chunk")
+        lanes = {}
+        for o in range(W):
+            longest = max((delay[i] for i in range(o, rows, W)), default=0)
+            for j in range(cols):
+                lanes[o, j] = _taps(m, self.w_data[o][j], longest + j, f"w_data{o}_c{j}")
         for i in range(rows):
             a = _delay(m, i_["in_a"][i], i, f"skew_a{i}")
             valid = _delay(m, i_["in_valid"], i, f"skew_v{i}")
@@ -153,8 +179,8 @@ class SystolicArray(wiring.Component):
                 m.d.comb += [
                     pe.a_in.eq(a), pe.valid_in.eq(valid), pe.swap_in.eq(swap),
                     pe.psum_in.eq(pes[i - 1][j].psum_out if i else 0),
-                    pe.w_load.eq(w_load[j] & (w_row[j] == i)),
-                    pe.w_data.eq(w_data[j]),
+                    pe.w_load.eq(load[delay[i] + j] & (chunk[delay[i] + j] == i // W)),
+                    pe.w_data.eq(lanes[i % W, j][delay[i] + j]),
                 ]
                 a, valid, swap = pe.a_out, pe.valid_out, pe.swap_out
         for j in range(cols):

@@ -8,9 +8,13 @@ Two parts work side by side:
   sees the effects of the ones before it.
 * the **matmul engine** streams tiles through the systolic array and writes
   result rows back to the accumulator (read-modify-write when accumulating).
-  In WS it loads the next tile's weights into the array's shadow registers
-  while the current tile streams, so tiles run back to back; in OS it starts
-  the next tile as soon as the array's result chain allows.
+  In WS a tile reads its weights from the scratchpad's wide port
+  (``sp_banks`` rows a cycle) while its own first beats stream: the rows
+  travel through the array as a wave just ahead of the tile's swap beat
+  (``rtl/array.py``), so the next tile may start as soon as this one has
+  issued its beats and weight reads (``max(m, Geometry.weight_cycles(k))``
+  cycles). In OS it starts the next tile as soon as the array's result chain
+  allows.
 
 Timing is deterministic given the input bytes (``firmware/cycles.py`` models it
 to the cycle); the constants it relies on are the class attributes here.
@@ -72,15 +76,16 @@ class Controller(wiring.Component):
         assert rq.LATENCY == REQUANT_LATENCY
 
         # ---------------------------------------------------------------- engine
-        EMPTY, PENDING, LOADING, LOADED = range(4)
+        EMPTY, FULL = range(2)
         slot = Signal(INSTRUCTION)          # the next MATMUL
-        slot_state = Signal(2)
+        slot_state = Signal(1)
         cur = Signal(INSTRUCTION)           # the MATMUL streaming now
         streaming = Signal()
         beat = Signal(16)
         drain = Signal(range(latency + rows + 4))
         engine_idle = Signal()
-        m.d.comb += engine_idle.eq((slot_state == EMPTY) & ~streaming & (drain == 0))
+        w_reading = Signal()                # WS: the streaming tile reads its weights
+        m.d.comb += engine_idle.eq((slot_state == EMPTY) & ~streaming & (drain == 0) & ~w_reading)
 
         sp_r1_en = Signal()
         sp_r1_addr = Signal(16)
@@ -97,44 +102,44 @@ class Controller(wiring.Component):
 
         if g.dataflow == "ws":
             last_beat = streaming & (beat == cur.count0 - 1)
-            # Shadow weights: free once the tile that took them is far enough in.
-            guard = Signal(range(g.swap_guard + 1))
-            load_row = Signal(16)
+            # The weights: chunk c (rows c * W on, the wide read) in the c-th cycle after
+            # start, the cycle beat c is read. Chunk 0 then reaches the array with the
+            # swap beat, later chunks behind it as the array's weight wave expects.
+            W, chunks = arr.weight_rows, arr.weight_chunks
+            # W = min(sp_banks, rows); k <= rows, so ceil(k / sp_banks) chunks (a shift).
+            log_b = g.sp_banks.bit_length() - 1
+            w_chunk = Signal(range(chunks + 1))     # the chunk read now
+            w_count = Signal(range(chunks + 1))     # the chunks of cur
             w_write = Signal()
-            w_row = Signal(range(rows))
+            w_written = Signal(range(chunks))
+            last_chunk = w_reading & (w_chunk == w_count - 1)
             m.d.comb += [
-                sp_r1_addr.eq(slot.addr1 + load_row),
-                sp_r1_en.eq(slot_state == LOADING),
+                sp_r1_addr.eq(cur.addr1 + (w_chunk << log_b)),
+                sp_r1_en.eq(w_reading),
                 arr.w_load.eq(w_write),
-                arr.w_row.eq(w_row),
+                arr.w_chunk.eq(w_written),
             ]
-            for j in range(cols):
-                m.d.comb += arr.w_data[j].eq(sp.r1_data[j * iw:(j + 1) * iw])
-            m.d.sync += w_write.eq(slot_state == LOADING)
-            m.d.sync += w_row.eq(load_row)
-            with m.If(guard != 0):
-                m.d.sync += guard.eq(guard - 1)
-            with m.Switch(slot_state):
-                with m.Case(PENDING):
-                    with m.If(guard == 0):
-                        m.d.sync += load_row.eq(0)
-                        m.d.sync += slot_state.eq(Mux(slot.count1 == 0, LOADED, LOADING))
-                with m.Case(LOADING):
-                    m.d.sync += load_row.eq(load_row + 1)
-                    with m.If(load_row == slot.count1 - 1):
-                        m.d.sync += slot_state.eq(LOADED)
-            start = (slot_state == LOADED) & (~streaming | last_beat)
+            for o in range(W):
+                for j in range(cols):
+                    m.d.comb += arr.w_data[o][j].eq(sp.r1_rows[o][j * iw:(j + 1) * iw])
+            m.d.sync += [w_write.eq(w_reading), w_written.eq(w_chunk)]
+            start = (slot_state == FULL) & (~streaming | last_beat) & (~w_reading | last_chunk)
             with m.If(start):
-                m.d.sync += guard.eq(g.swap_guard)
+                m.d.sync += [w_chunk.eq(0), w_count.eq((slot.count1 + (g.sp_banks - 1)) >> log_b),
+                             w_reading.eq((slot.count0 != 0) & (slot.count1 != 0))]
                 # The K loop (rtl/isa.py): the slot takes its own next tile, as if the
                 # front end had dispatched it in this cycle.
                 with m.If(slot.tag != 0):
                     m.d.sync += [slot.addr0.eq(slot.addr0 + slot.mult),
                                  slot.addr1.eq(slot.addr1 + slot.count1),
                                  slot.flags.eq(slot.flags | Flags.ACCUMULATE),
-                                 slot.tag.eq(slot.tag - 1), slot_state.eq(PENDING)]
+                                 slot.tag.eq(slot.tag - 1)]
                 with m.Else():
                     m.d.sync += slot_state.eq(EMPTY)
+            with m.Elif(last_chunk):
+                m.d.sync += w_reading.eq(0)
+            with m.Elif(w_reading):
+                m.d.sync += w_chunk.eq(w_chunk + 1)
             m.d.sync += [
                 a_first.eq(streaming & (beat == 0)),
                 a_k.eq(cur.count1),
@@ -154,7 +159,7 @@ class Controller(wiring.Component):
             with m.Elif(gap != 0):
                 m.d.sync += gap.eq(gap - 1)
             gap_ok = Mux(last_beat, slot.count1 >= spacing, gap <= slot.count1)
-            start = (slot_state == PENDING) & (~streaming | last_beat) & gap_ok
+            start = (slot_state == FULL) & (~streaming | last_beat) & gap_ok
             with m.If(start):
                 m.d.sync += slot_state.eq(EMPTY)
             m.d.comb += [sp_r1_en.eq(streaming), sp_r1_addr.eq(cur.addr1 + beat)]
@@ -419,7 +424,7 @@ class Controller(wiring.Component):
                     m.next = "DROP"
                 with m.Elif(op == Opcode.MATMUL):
                     with m.If(slot_state == EMPTY):
-                        m.d.sync += [slot.eq(instr), slot_state.eq(PENDING)]
+                        m.d.sync += [slot.eq(instr), slot_state.eq(FULL)]
                         fetch_next()
                 with m.Elif(op == Opcode.SETP):
                     m.d.sync += params[instr.tag[:3]].eq(Cat(instr.addr0, instr.addr1))

@@ -294,7 +294,11 @@ class Geometry:
     """Sizes derived from the accelerator parameters, shared by RTL and firmware.
 
     ``scratchpad_kib`` and ``accumulator_kib`` are capacities in KiB; the depths
-    are rounded down to a multiple of ``banks`` rows. ``program_kib`` is the
+    are rounded down to a multiple of their banks' rows. ``banks`` banks both
+    memories; ``scratchpad_banks`` (default: ``banks``) overrides the
+    scratchpad's, which is also the rows the WS weight path reads a cycle
+    (:meth:`weight_cycles`): 8 banks load an 8-row tile in one cycle, while the
+    accumulator, one row a cycle anyway, stays at ``banks``. ``program_kib`` is the
     program memory (16-byte words; 0 = none, so RUN is illegal); ``tokens`` the
     depth of the token buffer TOK (the longest sequence a RUN may hold);
     ``units`` the vector units present (names from :data:`UNITS`) and
@@ -312,6 +316,7 @@ class Geometry:
     tokens: int = 0
     units: tuple = ()
     vector_lanes: int = 1
+    scratchpad_banks: int | None = None
 
     def __post_init__(self):
         for name in ("rows", "cols"):
@@ -327,10 +332,15 @@ class Geometry:
                              f"to 64, not {self.acc_width!r}")
         if not isinstance(self.banks, int) or self.banks not in (1, 2, 4, 8):
             raise ValueError(f"banks must be 1, 2, 4 or 8, not {self.banks!r}")
-        for name, depth in (("scratchpad_kib", self.sp_depth), ("accumulator_kib", self.acc_depth)):
-            if depth < max(self.rows, self.cols, self.banks):
+        if self.scratchpad_banks is not None and (not isinstance(self.scratchpad_banks, int)
+                                                  or self.scratchpad_banks not in (1, 2, 4, 8)):
+            raise ValueError(f"scratchpad_banks must be 1, 2, 4 or 8, "
+                             f"not {self.scratchpad_banks!r}")
+        for name, depth, banks in (("scratchpad_kib", self.sp_depth, self.sp_banks),
+                                   ("accumulator_kib", self.acc_depth, self.banks)):
+            if depth < max(self.rows, self.cols, banks):
                 raise ValueError(f"{name}={getattr(self, name)!r} holds only {depth} rows; "
-                                 f"it must hold at least {max(self.rows, self.cols, self.banks)}")
+                                 f"it must hold at least {max(self.rows, self.cols, banks)}")
             if depth > 65536:
                 raise ValueError(f"{name}={getattr(self, name)!r} holds {depth} rows; "
                                  f"instructions address at most 65536")
@@ -375,18 +385,15 @@ class Geometry:
         return 2 * self.rows + self.cols - 1
 
     @property
-    def swap_guard(self) -> int:
-        """WS: cycles the shadow weights stay reserved after a tile starts streaming.
+    def sp_banks(self) -> int:
+        """Banks of the scratchpad (``scratchpad_banks``, else ``banks``)."""
+        return self.banks if self.scratchpad_banks is None else self.scratchpad_banks
 
-        None: the next tile's weight row r reaches PE(r, j) in the same number of
-        cycles after it leaves the scratchpad as the swap beat takes to reach PE(r, j)
-        from the array's input (rtl/array.py delays a weight row one cycle a column,
-        and rows load one a cycle from row 0, as the swap moves one row a cycle), so
-        a load that begins in the cycle after a tile starts writes every shadow
-        weight in or after the cycle the swap takes it. (It was cols + 1 while a row
-        reached every column at once.)
-        """
-        return 0
+    def weight_cycles(self, k: int) -> int:
+        """WS: cycles the weight path takes to read a tile of ``k`` rows, ``sp_banks``
+        rows a cycle (rtl/array.py: the rows travel as a wave behind the swap, so
+        this is also the fewest cycles between two tiles' starts)."""
+        return -(-k // self.sp_banks)
 
     @property
     def sp_lanes(self) -> int:
@@ -400,7 +407,7 @@ class Geometry:
     @property
     def sp_depth(self) -> int:
         rows = int(self.scratchpad_kib * 1024 * 8) // (self.sp_lanes * self.input_width)
-        return rows - rows % self.banks
+        return rows - rows % self.sp_banks
 
     @property
     def acc_bytes(self) -> int:

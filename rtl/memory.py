@@ -4,12 +4,18 @@ Each bank is an ``amaranth.lib.memory.Memory`` with synchronous read ports, so
 Yosys maps it to block RAM. Banks are interleaved: row ``addr`` lives in bank
 ``addr % banks`` at ``addr // banks``, so a stream of consecutive rows visits
 every bank in turn.
+
+A *wide* read port reads ``banks`` consecutive rows in one cycle, one from each
+bank: rows ``addr .. addr + banks - 1`` are in banks ``addr % banks``, ...
+(rotated), and bank ``b`` reads its row ``addr // banks``, plus one if ``b``
+comes before ``addr % banks``. An unaligned ``addr`` only rotates the outputs.
+The WS weight path reads a tile this way (``rtl/controller.py``).
 """
 
 import operator
 
 from amaranth import *
-from amaranth.lib import wiring
+from amaranth.lib import wiring, data
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -22,15 +28,20 @@ class BankedMemory(wiring.Component):
     One write port and ``read_ports`` read ports. A read returns its row one
     cycle after ``r{n}_en`` with ``r{n}_addr``; with ``transparent=True`` a read
     of the row being written in the same cycle returns the new data (the
-    accumulator's read-modify-write relies on it).
+    accumulator's read-modify-write relies on it). The ports named in
+    ``wide_ports`` also return ``r{n}_rows``: rows ``addr`` to
+    ``addr + banks - 1`` (see the module docstring; rows past ``depth`` read as
+    garbage); ``r{n}_data`` is the first of them.
 
     Members
     -------
     w_en : In(1), w_addr : In(range(depth)), w_data : In(width)
     r0_en, r0_addr, r0_data (and r1_*, ...) : the read ports
+    r{n}_rows : Out(ArrayLayout(width, banks)) for n in wide_ports
     """
 
-    def __init__(self, *, width, depth, banks=1, read_ports=1, transparent=False):
+    def __init__(self, *, width, depth, banks=1, read_ports=1, transparent=False,
+                 wide_ports=()):
         self.width = operator.index(width)
         self.depth = operator.index(depth)
         self.banks = operator.index(banks)
@@ -43,10 +54,16 @@ class BankedMemory(wiring.Component):
                              f"not {self.depth!r}")
         if not 1 <= self.read_ports <= 4:
             raise ValueError(f"read_ports must be from 1 to 4, not {self.read_ports!r}")
+        self.wide_ports = tuple(operator.index(n) for n in wide_ports)
+        for n in self.wide_ports:
+            if not 0 <= n < self.read_ports:
+                raise ValueError(f"wide_ports: {n!r} is not a read port (0 to {self.read_ports - 1})")
         ports = {"w_en": In(1), "w_addr": In(range(self.depth)), "w_data": In(self.width)}
         for n in range(self.read_ports):
             ports.update({f"r{n}_en": In(1), f"r{n}_addr": In(range(self.depth)),
                           f"r{n}_data": Out(self.width)})
+            if n in self.wide_ports:
+                ports[f"r{n}_rows"] = Out(data.ArrayLayout(unsigned(self.width), self.banks))
         super().__init__(ports)
 
     def read_port(self, n):
@@ -72,7 +89,12 @@ class BankedMemory(wiring.Component):
                 rp = mem.read_port(transparent_for=(wp,) if self.transparent else ())
                 en, addr, _ = self.read_port(n)
                 r_bank, r_local = split(addr)
-                m.d.comb += [rp.addr.eq(r_local), rp.en.eq(en & (r_bank == b))]
+                if n in self.wide_ports:
+                    # Every bank reads: the banks before addr's hold the rows of the next
+                    # bank row (past the last one: garbage, never used).
+                    m.d.comb += [rp.addr.eq(r_local + (r_bank > b)), rp.en.eq(en)]
+                else:
+                    m.d.comb += [rp.addr.eq(r_local), rp.en.eq(en & (r_bank == b))]
                 readers[n].append(rp.data)
         for n in range(self.read_ports):
             en, addr, data = self.read_port(n)
@@ -81,4 +103,10 @@ class BankedMemory(wiring.Component):
             with m.If(en):
                 m.d.sync += last_bank.eq(r_bank)
             m.d.comb += data.eq(Array(readers[n])[last_bank] if self.banks > 1 else readers[n][0])
+            if n in self.wide_ports:
+                rows = getattr(self, f"r{n}_rows")
+                for o in range(self.banks):
+                    bank = (last_bank + o)[:bank_bits] if bank_bits else 0
+                    m.d.comb += rows[o].eq(Array(readers[n])[bank] if self.banks > 1
+                                           else readers[n][0])
         return m

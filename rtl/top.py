@@ -37,13 +37,15 @@ class Accelerator(wiring.Component):
         m = Module()
         g = self.geometry
         m.submodules.scratchpad = scratchpad = BankedMemory(
-            width=g.sp_lanes * g.input_width, depth=g.sp_depth, banks=g.banks, read_ports=2)
+            width=g.sp_lanes * g.input_width, depth=g.sp_depth, banks=g.sp_banks, read_ports=2,
+            wide_ports=(1,) if g.dataflow == "ws" else ())
         m.submodules.accumulator = accumulator = BankedMemory(
             width=g.cols * g.acc_width, depth=g.acc_depth, banks=g.banks, read_ports=1,
             transparent=True)
         m.submodules.array = array = SystolicArray(
             g.rows, g.cols, dataflow=g.dataflow, input_width=g.input_width,
-            acc_width=g.acc_width, tag_width=33, multiplier=self.multiplier)
+            acc_width=g.acc_width, tag_width=33, multiplier=self.multiplier,
+            weight_rows=min(g.sp_banks, g.rows) if g.dataflow == "ws" else 1)
         m.submodules.requantizer = requantizer = Requantizer(
             input_width=g.input_width, acc_width=g.acc_width)
         vector = None

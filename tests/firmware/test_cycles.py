@@ -71,21 +71,124 @@ def test_cycle_model_matches_rtl(rows, cols, dataflow, seed):
     assert cycle_report([i for i, _ in steps], g).total_cycles == cycles
 
 
-@pytest.mark.parametrize("dataflow,size", [("ws", 4), ("os", 4), ("ws", 8)])
-def test_cycle_model_matches_rtl_on_back_to_back_tiles(dataflow, size):
-    """Runs of MATMULs whose timing is set by the weight load (WS) or the result chain (OS):
-    cycles as the model's, results as the ISA interpreter's (each WS load starts the cycle
-    after the tile before it starts, on the swap's heels)."""
+@pytest.mark.parametrize("dataflow,size,sp_banks", [
+    ("ws", 4, 1), ("ws", 4, 2), ("ws", 8, 4), ("ws", 8, 8), ("os", 4, 2)])
+def test_cycle_model_matches_rtl_on_back_to_back_tiles(dataflow, size, sp_banks):
+    """Runs of MATMULs whose timing is set by the weight reads (WS: tiles of few beats, k up
+    to rows, unaligned weight rows) or the result chain (OS): cycles as the model's,
+    results as the ISA interpreter's. The words come from program memory, one every
+    three cycles, so WS tiles start as close as the array allows (a tile's weights just
+    behind the previous tile's swap); the weights are random and every result row is
+    stored, so a weight that lands a cycle early or late (the array's row or column
+    delays) changes the reply."""
     g = Geometry(rows=size, cols=size, dataflow=dataflow, scratchpad_kib=1, accumulator_kib=2,
-                 banks=2)
-    steps = [(Instruction(Opcode.LOAD_SP, addr0=0, count0=8), bytes(range(8 * g.sp_row_bytes)))]
-    for n, size in enumerate([12, 5, 9, 16, 3, 10, 11, 7, 30, 1]):
-        m, k = (size, 1 + n % g.rows) if dataflow == "ws" else (1 + n % g.rows, size)
-        steps.append((Instruction(Opcode.MATMUL, flags=n % 2, addr0=n, addr1=2 * n, addr2=3 * n,
-                                  count0=m, count1=k), b""))
-    steps.append((Instruction(Opcode.STORE, addr0=0, count0=30), b""))
-    steps.append((Instruction(Opcode.SYNC, tag=7), b""))
-    _check_against_interpreter_and_model(g, steps)
+                 banks=2, scratchpad_banks=sp_banks, program_kib=1, tokens=2)
+    rnd = random.Random(size * 10 + sp_banks)
+    sizes = [1, 2, 1, 1, 3, 12, 1, 2, 5, 1, 1, 30, 1] if dataflow == "ws" else \
+        [12, 5, 9, 16, 3, 10, 11, 7, 30, 1]
+    words, acc_row = [], 0
+    for n, size in enumerate(sizes):
+        m, k = (size, g.rows - n % 3) if dataflow == "ws" else (1 + n % g.rows, size)
+        words.append(Instruction(Opcode.MATMUL, flags=n % 2, addr0=n, addr1=3 * n + 1,
+                                 addr2=acc_row, count0=m, count1=k))
+        acc_row += m
+    if dataflow == "ws":        # a K loop: tiles one cycle apart when the beats allow
+        words.append(Instruction(Opcode.MATMUL, addr0=3, addr1=5, addr2=acc_row, count0=1,
+                                 count1=g.rows, tag=3, mult=1))
+        acc_row += 1
+    words.append(Instruction(Opcode.HALT))
+    steps = [(Instruction(Opcode.LOAD_SP, addr0=0, count0=48),
+              bytes(rnd.randrange(256) for _ in range(48 * g.sp_row_bytes))),
+             (Instruction(Opcode.LOAD_PROG, addr0=0, count0=len(words)),
+              b"".join(encode(w) for w in words)),
+             (Instruction(Opcode.RUN, addr0=0, count0=1, count1=0), bytes(2)),
+             (Instruction(Opcode.STORE, addr0=0, count0=acc_row), b""),
+             (Instruction(Opcode.SYNC, tag=7), b"")]
+    check_v1_stream(g, steps, lambda s, n: run_stream(Accelerator(g), s, n))
+
+
+@pytest.mark.parametrize("sp_banks", [1, 2, 4, 8])
+def test_wide_weight_path_gemv_k_loop(sp_banks):
+    """WS on 8 rows with a scratchpad of 1, 2, 4 or 8 banks: a GEMV K loop (M = 1, every
+    tile accumulating into one accumulator row, the weights from an unaligned row), a
+    tile of k < rows, one of 2 beats: data as the interpreter's, cycles as the model's.
+    On the RTL itself, one tile more in the K loop costs max(1, ceil(k / banks)) cycles."""
+    g = Geometry(rows=8, cols=2, scratchpad_kib=2, accumulator_kib=0.25, banks=2,
+                 scratchpad_banks=sp_banks)
+    rnd = random.Random(sp_banks)
+    load = (Instruction(Opcode.LOAD_SP, addr0=0, count0=240),
+            bytes(rnd.randrange(256) for _ in range(240 * g.sp_row_bytes)))
+
+    def steps(reps):
+        # The K loop last, long enough that the engine, not the next word's fetch, sets
+        # when the STORE starts.
+        return [load,
+                (Instruction(Opcode.MATMUL, addr0=201, addr1=13, addr2=1, count0=1, count1=5), b""),
+                (Instruction(Opcode.MATMUL, addr0=202, addr1=21, addr2=2, count0=2, count1=3,
+                             tag=1, mult=2), b""),
+                (Instruction(Opcode.MATMUL, flags=Flags.ACCUMULATE, addr0=210, addr1=27, addr2=1,
+                             count0=1, count1=8, tag=reps, mult=1), b""),
+                (Instruction(Opcode.STORE, addr0=0, count0=4), b""),
+                (Instruction(Opcode.SYNC, tag=7), b"")]
+
+    cycles = [_check_against_interpreter_and_model(g, steps(reps)) for reps in (20, 21)]
+    assert cycles[1] - cycles[0] == max(1, -(-8 // sp_banks))
+
+
+def _dependent_matmuls(g, rnd, length):
+    """Program words: K loops and single tiles of few beats that accumulate into the same
+    few accumulator rows, read weights from unaligned rows that a REQUANT or VEC just
+    wrote, with a REQUANT, VEC or STORE-like read of the results right after."""
+    words = []
+    for _ in range(length):
+        kind = rnd.choice(["mm"] * 6 + ["requant", "vec"])
+        if kind == "mm":
+            reps = rnd.choice([0, 0, 1, 2, 5])
+            words.append(Instruction(
+                Opcode.MATMUL, flags=rnd.choice([0, Flags.ACCUMULATE]),
+                addr0=rnd.randrange(16), addr1=rnd.randrange(12),
+                addr2=rnd.randrange(3), count0=rnd.choice([0, 1, 1, 1, 2, 3]),
+                count1=rnd.randint(0, g.rows), tag=reps, mult=rnd.randrange(3)))
+        elif kind == "requant":
+            words.append(Instruction(Opcode.REQUANT, addr0=rnd.randrange(3),
+                                     addr1=rnd.randrange(12), count0=rnd.randint(1, 2),
+                                     mult=rnd.randrange(1 << 16), shift=rnd.randrange(8, 20)))
+        else:
+            op = rnd.choice([VecOp.REQ, VecOp.ADD])
+            words.append(Instruction(Opcode.VEC, tag=op, addr0=rnd.randrange(3),
+                                     addr1=rnd.randrange(3, 6), addr2=rnd.randrange(12),
+                                     count0=rnd.randint(1, 2 * g.cols),
+                                     mult=rnd.randrange(1 << 15), shift=rnd.randrange(8, 20)))
+    return words
+
+
+@pytest.mark.parametrize("rows,sp_banks,seed", [(4, 1, 21), (4, 2, 22), (4, 4, 23), (3, 4, 24),
+                                                (8, 8, 25)])
+def test_dependent_matmuls_match_interpreter_and_model(rows, sp_banks, seed):
+    """Random back-to-back dependent MATMULs, from program memory (a word every few cycles)
+    and from the host stream: the reply as the ISA interpreter's, cycles as the model's."""
+    g = Geometry(rows=rows, cols=2, scratchpad_kib=0.5, accumulator_kib=0.25, banks=2,
+                 scratchpad_banks=sp_banks, program_kib=1, tokens=4, units=("elementwise",))
+    rnd = random.Random(seed)
+    words = _dependent_matmuls(g, rnd, 24) + [Instruction(Opcode.HALT)]
+    steps = [(Instruction(Opcode.SET_BIAS), bytes(rnd.randrange(256) for _ in range(8))),
+             (Instruction(Opcode.LOAD_SP, addr0=0, count0=24),
+              bytes(rnd.randrange(256) for _ in range(24 * g.sp_row_bytes))),
+             (Instruction(Opcode.LOAD_PROG, addr0=0, count0=len(words)),
+              b"".join(encode(w) for w in words)),
+             (Instruction(Opcode.RUN, addr0=0, count0=1, count1=0), bytes(2))]
+    for word in _dependent_matmuls(g, rnd, 8):
+        steps.append((word, b""))
+        if rnd.random() < 0.3:
+            steps.append((Instruction(Opcode.STORE, addr0=0, count0=3,
+                                      flags=rnd.choice([0, Flags.REQUANT | Flags.BIAS]),
+                                      mult=1 << 12, shift=14), b""))
+    steps += [(Instruction(Opcode.STORE, addr0=0, count0=6), b""),
+              (Instruction(Opcode.STORE_SP, addr0=0, count0=16), b""),
+              (Instruction(Opcode.SYNC, tag=0xA5), b"")]
+    reply = check_v1_stream(g, steps, lambda s, n: run_stream(Accelerator(g), s, n))
+    assert reply[-1] == 0xA5
+    assert cycle_report(steps, g).error == 0
 
 
 @pytest.mark.parametrize("size,m", [(4, 1), (8, 1), (4, 3)])
@@ -347,3 +450,4 @@ def _check_against_interpreter_and_model(g, steps):
     reply, cycles = run_stream(Accelerator(g), program, n_reply)
     assert reply == FunctionalMachine(g).run(program)
     assert cycle_report([i for i, _ in steps], g).total_cycles == cycles
+    return cycles

@@ -61,25 +61,36 @@ def test_os_pe_accumulates_and_captures():
     assert seen == [12 + 16384 - 127, 42]
 
 
-def _run_ws(rows, cols, tiles, *, iw=8, aw=32, gap=0):
-    """Stream each (W, A) tile back to back; return the result rows in order."""
-    dut = SystolicArray(rows, cols, dataflow="ws", input_width=iw, acc_width=aw, tag_width=16)
+def _run_ws(rows, cols, tiles, *, iw=8, aw=32, weight_rows=1, lead=0, gap=0):
+    """Stream the (W, A) tiles back to back, as close as the array allows: tile t's swap
+    beat at s_t = s_(t-1) + max(beats, chunks) + gap, its weight chunk c presented at
+    s_t - lead + c. Return the result rows (tag, c) in order."""
+    dut = SystolicArray(rows, cols, dataflow="ws", input_width=iw, acc_width=aw, tag_width=16,
+                        weight_rows=weight_rows)
+    chunks = dut.weight_chunks
+    beats, weights, s = {}, {}, 0
+    for n, (w, a) in enumerate(tiles):
+        for t in range(a.shape[0]):
+            beats[s + t] = (t == 0, [int(x) for x in a[t]], t)
+        for c in range(chunks):
+            part = [[int(x) for x in w[r]] if r < rows else [0] * cols
+                    for r in range(c * weight_rows, (c + 1) * weight_rows)]
+            assert s - lead + c not in weights
+            weights[s - lead + c] = (c, part)
+        s += max(a.shape[0], chunks) + gap
+    end = s + 4 * (rows + cols)
     out = []
 
     async def bench(ctx):
-        for w, a in tiles:
-            for r in range(rows):
-                ctx.set(dut.w_load, 1); ctx.set(dut.w_row, r)
-                ctx.set(dut.w_data, [int(x) for x in w[r]])
-                await ctx.tick()
-            ctx.set(dut.w_load, 0)
-            for t in range(a.shape[0]):
-                ctx.set(dut.in_valid, 1); ctx.set(dut.in_swap, t == 0)
-                ctx.set(dut.in_a, [int(x) for x in a[t]]); ctx.set(dut.in_tag, t)
-                await ctx.tick()
-            ctx.set(dut.in_valid, 0)
-            # The shadow may be reloaded only after the swap beat left the array.
-            await ctx.tick().repeat(rows + cols + gap)
+        for cycle in range(min(min(weights), 0), end):
+            valid = cycle in beats
+            swap, a, tag = beats.get(cycle, (0, [0] * rows, 0))
+            ctx.set(dut.in_valid, valid); ctx.set(dut.in_swap, swap)
+            ctx.set(dut.in_a, a); ctx.set(dut.in_tag, tag)
+            chunk, part = weights.get(cycle, (0, [[0] * cols] * weight_rows))
+            ctx.set(dut.w_load, cycle in weights); ctx.set(dut.w_chunk, chunk)
+            ctx.set(dut.w_data, part)
+            await ctx.tick()
 
     async def collect(ctx):
         async for _, _, valid, c, tag in ctx.tick().sample(dut.out_valid, dut.out_c, dut.out_tag):
@@ -90,9 +101,40 @@ def _run_ws(rows, cols, tiles, *, iw=8, aw=32, gap=0):
     sim.add_clock(1e-6)
     sim.add_testbench(bench)
     sim.add_process(collect)
-    total = sum(rows + a.shape[0] + rows + cols for _, a in tiles) + 4 * (rows + cols)
-    sim.run_until(total * 1e-6)
+    sim.run_until((end - min(min(weights), 0) + 2) * 1e-6)
     return out
+
+
+def _ws_tiles(rows, cols, ms, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randint(-128, 128, (rows, cols), generator=g),
+             torch.randint(-128, 128, (m, rows), generator=g)) for m in ms]
+
+
+@pytest.mark.parametrize("rows,cols,weight_rows", [
+    (1, 1, 1), (2, 2, 2), (3, 5, 2), (4, 8, 1), (4, 8, 2), (4, 8, 4), (5, 3, 4), (8, 8, 8)])
+def test_ws_weight_wave_back_to_back(rows, cols, weight_rows):
+    """Tiles of one beat start every max(1, chunks) cycles: each tile's weights, written
+    as a wave behind the previous tile's swap, reach every PE in time."""
+    tiles = _ws_tiles(rows, cols, (1, 1, 3, 1, 2, 1, 1), seed=rows * 100 + cols * 10 + weight_rows)
+    out = _run_ws(rows, cols, tiles, weight_rows=weight_rows)
+    assert [c for _, c in out] == [row for w, a in tiles for row in (a @ w).tolist()]
+
+
+@pytest.mark.parametrize("weight_rows", [1, 2, 4])
+def test_ws_weight_window_is_exactly_between_the_swaps(weight_rows):
+    """Chunk 0 may come from one cycle after the previous tile's swap beat (lead = spacing
+    - 1) up to the tile's own swap beat (lead = 0); one cycle more either way breaks."""
+    rows, cols, m = 4, 3, 3
+    tiles = _ws_tiles(rows, cols, (m,) * 4, seed=7 + weight_rows)
+    expected = [row for w, a in tiles for row in (a @ w).tolist()]
+    spacing = max(m, -(-rows // weight_rows))
+    for lead in (0, spacing - 1):
+        assert [c for _, c in _run_ws(rows, cols, tiles, weight_rows=weight_rows, lead=lead)] \
+            == expected
+    for lead in (-1, spacing):
+        assert [c for _, c in _run_ws(rows, cols, tiles, weight_rows=weight_rows, lead=lead)] \
+            != expected
 
 
 @pytest.mark.parametrize("rows,cols", [(1, 1), (2, 2), (3, 5), (4, 8)])
