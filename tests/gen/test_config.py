@@ -41,6 +41,8 @@ def test_defaults_and_hash():
     ({"accelerator": {"input_width": 6}, "target": {"board": "icebreaker"}}, "input_width must be 4, 8 or 16, not 6"),
     ({"accelerator": {"acc_width": 12}, "target": {"board": "icebreaker"}}, "acc_width must be a multiple of 8 from 16 to 64, not 12"),
     ({"accelerator": {"banks": 3}, "target": {"board": "icebreaker"}}, "banks must be 1, 2, 4 or 8, not 3"),
+    ({"accelerator": {"scratchpad_banks": 16}, "target": {"board": "icebreaker"}}, "scratchpad_banks must be 1, 2, 4 or 8, not 16"),
+    ({"accelerator": {"scratchpad_banks": "8"}, "target": {"board": "icebreaker"}}, "scratchpad_banks = '8' has the wrong type"),
     ({"accelerator": {"scratchpad_kib": 0.01}, "target": {"board": "icebreaker"}}, "scratchpad_kib=0.01 holds only"),
     ({"accelerator": {"rowz": 4}, "target": {"board": "icebreaker"}}, "[accelerator] has no key 'rowz'; allowed keys: rows, cols"),
     ({"accelerator": {}, "target": {"board": "de10"}}, "board = 'de10' is not known; known boards: icebreaker"),

@@ -21,6 +21,18 @@ def test_block_rams_match_synthesis(path, family, blocks):
     assert memory_report(g, family, 0)["used"] == blocks
 
 
+def test_scratchpad_banks_of_the_default():
+    """The default's scratchpad at 8 banks (the wide weight path) takes the 96 DP16KD that
+    Yosys synth_ecp5 mapped it to (the scratchpad alone: 8 banks of 1536 x 64 bits, two
+    read ports), as many as at 2 banks; the accumulator keeps `banks`."""
+    g = load_config("configs/default.toml").accelerator.geometry
+    assert (g.sp_banks, g.banks) == (8, 2)
+    report = memory_report(g, "ecp5", 208)
+    assert report["per_memory"]["scratchpad"] == 96
+    assert report["per_memory"]["accumulator"] == 16
+    assert report["used"] == 130
+
+
 def test_read_ports_are_copies():
     g = load_config("configs/ulx3s-85f-100mhz.toml").accelerator.geometry
     sp = next(s for s in accelerator_memories(g) if s.name == "scratchpad")
