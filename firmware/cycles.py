@@ -5,8 +5,9 @@ fetches each 16-byte instruction word from the host at one byte a cycle (a word
 of program memory in ``PROGRAM_FETCH_CYCLES``), runs loads, stores, SYNC, VEC
 and the rest itself once the matmul engine is idle (SETP, BRANCH and EMIT do not
 wait for it), and hands MATMULs to the engine's one-instruction slot; the engine
-streams tiles back to back (WS loads the next tile's weights into the shadow
-registers meanwhile; OS keeps the array's result chain free). A RUN executes
+streams tiles back to back (WS: a tile every max(m, ceil(k / sp_banks)) cycles,
+each reading its own weights beside its first beats; OS keeps the array's result
+chain free). A RUN executes
 the loaded program, following its branches and POS; illegal instructions raise
 the sticky error of ``rtl/isa.py`` (:func:`rtl.isa.instruction_error`) and are
 skipped, as on the device. ``tests/firmware/test_cycles.py`` checks it

@@ -103,8 +103,8 @@ class Controller(wiring.Component):
         if g.dataflow == "ws":
             last_beat = streaming & (beat == cur.count0 - 1)
             # The weights: chunk c (rows c * W on, the wide read) in the c-th cycle after
-            # start, the cycle beat c is read. Chunk 0 then reaches the array with the
-            # swap beat, later chunks behind it as the array's weight wave expects.
+            # start, beside beat c if there is one. Chunk 0 then reaches the array with
+            # the swap beat, later chunks behind it as the array's weight wave expects.
             W, chunks = arr.weight_rows, arr.weight_chunks
             # W = min(sp_banks, rows); k <= rows, so ceil(k / sp_banks) chunks (a shift).
             log_b = g.sp_banks.bit_length() - 1
