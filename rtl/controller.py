@@ -351,15 +351,24 @@ class Controller(wiring.Component):
                          tok_w.data.eq(tok_port["data"])]
         m.d.sync += [sp_write.eq(0), acc_write.eq(0), prog_write.eq(0), tok_write.eq(0)]
 
-        # The error an instruction raises (rtl/isa.py: instruction_error, footprint).
-        error = Signal(8)
-        m.d.comb += error.eq(self._error(m, instr, in_prog, pos, tok_here))
+        # The error an instruction raises (rtl/isa.py: instruction_error, footprint). Its
+        # footprint products, the compares with the memory depths and the lengths of a
+        # skipped instruction are wide arithmetic on the instruction word: CHECK computes
+        # them in the cycle before DISPATCH and registers them, so that none of it lies on
+        # the DISPATCH decision's path. Exact, as nothing they read changes between CHECK
+        # and DISPATCH: POS, the tokens, in_prog and the sticky error change only in
+        # DISPATCH, LOAD (a RUN's tokens), PFETCH and VEC, which all end in a fetch first.
+        error_now = Signal(8)
+        m.d.comb += error_now.eq(self._error(m, instr, in_prog, pos, tok_here))
         status_or_reset = ~in_prog & ((op == Opcode.STATUS) | (op == Opcode.RESET))
-        skip = (error != 0) | ((err_code != 0) & ~status_or_reset)
+        error = Signal(8)
+        skip = Signal()
 
         # Skipped instructions: payload bytes to drop, 0xFF bytes to send.
         drop_left = Signal(32)
         pad_left = Signal(32)
+        drop_len = Signal(32)
+        pad_len = Signal(32)
         payload_len = Mux(op == Opcode.LOAD_SP, instr.count0 * g.sp_row_bytes,
                       Mux(op == Opcode.LOAD_ACC, instr.count0 * g.acc_row_bytes,
                       Mux(op == Opcode.LOAD_PROG, instr.count0 * INSTRUCTION_BYTES,
@@ -388,7 +397,7 @@ class Controller(wiring.Component):
                     m.d.sync += count_byte.eq(count_byte + 1)
                     with m.If(count_byte == INSTRUCTION_BYTES - 1):
                         m.d.sync += [count_byte.eq(0), row.eq(0)]
-                        m.next = "DISPATCH"
+                        m.next = "CHECK"
             with m.State("PFETCH"):
                 if g.program_words:
                     m.d.comb += [prog_r.addr.eq(pc), prog_r.en.eq(1)]
@@ -406,6 +415,11 @@ class Controller(wiring.Component):
                 if g.program_words:
                     m.d.sync += instr.eq(prog_r.data)
                 m.d.sync += [word.eq(pc), pc.eq(pc + 1), row.eq(0)]
+                m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.sync += [error.eq(error_now),
+                             skip.eq((error_now != 0) | ((err_code != 0) & ~status_or_reset)),
+                             drop_len.eq(payload_len), pad_len.eq(reply_len)]
                 m.next = "DISPATCH"
             with m.State("DISPATCH"):
                 with m.If(skip):
@@ -415,7 +429,7 @@ class Controller(wiring.Component):
                     with m.If(in_prog):
                         m.d.sync += [drop_left.eq(0), pad_left.eq(run_pad), in_prog.eq(0)]
                     with m.Else():
-                        m.d.sync += [drop_left.eq(payload_len), pad_left.eq(reply_len)]
+                        m.d.sync += [drop_left.eq(drop_len), pad_left.eq(pad_len)]
                     m.next = "DROP"
                 with m.Elif(op == Opcode.MATMUL):
                     with m.If(slot_state == EMPTY):

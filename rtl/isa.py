@@ -114,18 +114,20 @@ __all__ = [
     "Opcode", "Flags", "VecOp", "Branch", "ErrorCode", "Param", "UNITS", "VEC_UNIT",
     "HOST_ONLY", "NUM_PARAMS", "INSTRUCTION", "INSTRUCTION_BYTES", "Instruction",
     "encode", "decode", "Geometry", "REQUANT_LATENCY", "WRITEBACK_STAGES",
-    "PROGRAM_ONLY", "PROGRAM_FETCH_CYCLES", "MEMORIES", "memory_depth", "footprint",
+    "PROGRAM_ONLY", "HOST_FETCH_CYCLES", "PROGRAM_FETCH_CYCLES", "MEMORIES", "memory_depth", "footprint",
     "instruction_error", "vector_rows",
 ]
 
 # Timing contract: the RTL is built from these and firmware/cycles.py models them.
 REQUANT_LATENCY = 6   # registered stages of the requantizer (one lane a cycle)
 WRITEBACK_STAGES = 3  # accumulator read-modify-write after a result row leaves the array
-# A word from program memory: one cycle to read it, one to latch it; then it is
-# dispatched like a host word (whose fetch takes INSTRUCTION_BYTES cycles, one a byte).
-PROGRAM_FETCH_CYCLES = 2
-
 INSTRUCTION_BYTES = 16
+# Cycles from a fetch state to DISPATCH. A host word: INSTRUCTION_BYTES cycles, one a
+# byte, then CHECK, which registers the instruction's error check and skip lengths
+# (rtl/controller.py). A word from program memory: one cycle to read it, one to latch
+# it, then CHECK.
+HOST_FETCH_CYCLES = INSTRUCTION_BYTES + 1
+PROGRAM_FETCH_CYCLES = 3
 
 
 class Opcode(enum.Enum, shape=5):

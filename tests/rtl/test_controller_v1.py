@@ -142,13 +142,13 @@ def test_documented_latencies():
     g = Geometry(rows=8, cols=8, scratchpad_kib=1, accumulator_kib=1, program_kib=1, tokens=8)
     nop, sync, halt = Instruction(Opcode.NOP), Instruction(Opcode.SYNC), Instruction(Opcode.HALT)
     host_word = cycles(g, nop, sync) - cycles(g, sync)
-    assert host_word == 17                                  # 16 bytes + dispatch
+    assert host_word == 18                                  # 16 bytes + CHECK + dispatch
 
     def run_nops(k):
         words = [nop] * k + [halt] * (6 - k)
         return cycles(g, Instruction(Opcode.LOAD_PROG, count0=6), *words,
                       Instruction(Opcode.RUN, count0=1, count1=1), payload=bytes(2), reply=2)
-    assert run_nops(5) - run_nops(4) == 3                   # PROGRAM_FETCH_CYCLES + dispatch
+    assert run_nops(5) - run_nops(4) == 4                   # PROGRAM_FETCH_CYCLES + dispatch
 
     for dataflow, busy in (("ws", 26), ("os", 31)):
         g = Geometry(rows=8, cols=8, dataflow=dataflow, scratchpad_kib=1, accumulator_kib=1)
