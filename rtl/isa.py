@@ -123,11 +123,11 @@ REQUANT_LATENCY = 6   # registered stages of the requantizer (one lane a cycle)
 WRITEBACK_STAGES = 3  # accumulator read-modify-write after a result row leaves the array
 INSTRUCTION_BYTES = 16
 # Cycles from a fetch state to DISPATCH. A host word: INSTRUCTION_BYTES cycles, one a
-# byte, then CHECK, which registers the instruction's error check and skip lengths
-# (rtl/controller.py). A word from program memory: one cycle to read it, one to latch
-# it, then CHECK.
-HOST_FETCH_CYCLES = INSTRUCTION_BYTES + 1
-PROGRAM_FETCH_CYCLES = 3
+# byte, then DECODE and CHECK, which register the instruction's error check in two
+# steps (its products, then the verdict and the skip lengths; rtl/controller.py). A
+# word from program memory: one cycle to read it, one to latch it, DECODE, CHECK.
+HOST_FETCH_CYCLES = INSTRUCTION_BYTES + 2
+PROGRAM_FETCH_CYCLES = 4
 
 
 class Opcode(enum.Enum, shape=5):
