@@ -507,10 +507,10 @@ def vector_op_cycles(instruction: Instruction, geometry: Geometry, pos: int = 0)
         return setup + row_pass(1, rows, "argmax") + 1
     if op == VecOp.EMBED:
         return setup + VEC_ADDR_SETUP_CYCLES + n + 3
-    if op == VecOp.PUT_COL:
-        return setup + VEC_ADDR_SETUP_CYCLES + n + 1
+    if op == VecOp.PUT_COL:                     # the written row is registered first
+        return setup + VEC_ADDR_SETUP_CYCLES + n + 2
     assert op in (VecOp.COPY_ACC, VecOp.COPY_SP)
-    return setup + n + 1
+    return setup + n + 2                        # read, register, write
 
 
 __all__ += ["vector_op_cycles", "VEC_DRAIN", "VEC_DIV_STEPS", "VEC_SQRT_STEPS",
