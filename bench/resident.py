@@ -10,7 +10,7 @@ emits one word a K piece instead), then one ``VEC REQ`` that requantizes the
 batch's results to int8 into the scratchpad (over B blocks already used), then
 HALT. Counted: the whole RUN by the cycle model (``firmware.cycles.run_cycles``,
 equal to the RTL's cycles by ``tests/firmware/test_cycles.py``): its 16-byte
-word and 2-byte token from the host (19 cycles), every program fetch, weight
+word and 2-byte token from the host (21 cycles), every program fetch, weight
 load, beat, drain and the requantization, up to HALT. Utilization = M·K·N /
 (cycles · rows · cols).
 """

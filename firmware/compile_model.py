@@ -42,8 +42,8 @@ import math
 import numpy as np
 
 from rtl.isa import (Geometry, Instruction, Opcode, Flags, VecOp, Branch, Param, UNITS,
-                     INSTRUCTION_BYTES, PROGRAM_FETCH_CYCLES, encode, vector_rows,
-                     vector_op_cycles)
+                     INSTRUCTION_BYTES, HOST_FETCH_CYCLES, PROGRAM_FETCH_CYCLES, encode,
+                     vector_rows, vector_op_cycles)
 from . import cycles
 from .model import QuantizedModel, ModelDesc
 from .compiler import k_loop
@@ -560,7 +560,7 @@ class CycleModel:
         if generate < 1:
             raise ValueError("the cycles of a RUN are counted to its last reply byte: N >= 1")
         last = prompt + generate - 2
-        t = INSTRUCTION_BYTES + 1 + 2 * prompt + PROGRAM_FETCH_CYCLES   # word 0 dispatches
+        t = HOST_FETCH_CYCLES + 1 + 2 * prompt + PROGRAM_FETCH_CYCLES   # word 0 dispatches
         t += sum(self.position_cycles(p, last=False) for p in range(prompt - 1))
         t += sum(self.position_cycles(p) for p in range(prompt - 1, last))
         # The last position up to its EMIT, which sends 2 bytes: the end is 3 cycles later.

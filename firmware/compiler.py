@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from rtl.isa import Geometry, Instruction, Opcode, Flags, INSTRUCTION_BYTES
+from rtl.isa import Geometry, Instruction, Opcode, Flags, HOST_FETCH_CYCLES
 from .packing import pack_rows, pack_acc_lanes, signed_range
 from .program import Program, Placement
 
@@ -107,7 +107,7 @@ def _estimate(g: Geometry, M, K, N, plan: Plan) -> int:
         b_loaded = b_rows
         a_loaded = a_rows * (1 if m_blocks == 1 else n_blocks)
         loads = n_blocks * tiles + (units if m_blocks == 1 else n_blocks * units)
-    fetch = INSTRUCTION_BYTES + 1
+    fetch = HOST_FETCH_CYCLES + 1
     R, C = g.rows, g.cols
     m = min(plan.unit_rows, M)
     if g.dataflow == "ws":

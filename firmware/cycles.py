@@ -1,8 +1,8 @@
 """The cycle model: how many clock cycles a program takes on the RTL, without simulating it.
 
 It follows the controller (``rtl/controller.py``) event by event: the front end
-fetches each 16-byte instruction word from the host at one byte a cycle (a word
-of program memory in ``PROGRAM_FETCH_CYCLES``), runs loads, stores, SYNC, VEC
+fetches each 16-byte instruction word from the host at one byte a cycle and checks
+it (``HOST_FETCH_CYCLES``; a word of program memory in ``PROGRAM_FETCH_CYCLES``), runs loads, stores, SYNC, VEC
 and the rest itself once the matmul engine is idle (SETP, BRANCH and EMIT do not
 wait for it), and hands MATMULs to the engine's one-instruction slot; the engine
 streams tiles back to back (WS: a tile every max(m, ceil(k / sp_banks)) cycles,
@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import math
 
 from rtl.isa import (Geometry, Opcode, Flags, Branch, ErrorCode, INSTRUCTION_BYTES,
-                     REQUANT_LATENCY, WRITEBACK_STAGES, PROGRAM_FETCH_CYCLES, decode,
+                     REQUANT_LATENCY, WRITEBACK_STAGES, HOST_FETCH_CYCLES,
+                     PROGRAM_FETCH_CYCLES, decode,
                      instruction_error, vector_op_cycles, Instruction, encode)
 from rtl.hostlink import MAX_PAYLOAD
 from .program import payload_bytes, reply_bytes
@@ -215,7 +216,7 @@ class _Timeline:
     def host(self, ins, payload):
         g = self.g
         self.instructions += 1
-        d = self.t + INSTRUCTION_BYTES                  # DISPATCH
+        d = self.t + HOST_FETCH_CYCLES                  # DISPATCH
         if not isinstance(ins, Instruction):            # a reserved opcode
             self._fail(ErrorCode.ILLEGAL_OPCODE)
             self.t = self._skip(d, 0, 0)

@@ -356,15 +356,26 @@ class Controller(wiring.Component):
                          tok_w.data.eq(tok_port["data"])]
         m.d.sync += [sp_write.eq(0), acc_write.eq(0), prog_write.eq(0), tok_write.eq(0)]
 
-        # The error an instruction raises (rtl/isa.py: instruction_error, footprint).
-        error = Signal(8)
-        m.d.comb += error.eq(self._error(m, instr, in_prog, pos, tok_here))
+        # The error an instruction raises (rtl/isa.py: instruction_error, footprint). Its
+        # footprint products, the compares with the memory depths and the lengths of a
+        # skipped instruction are wide arithmetic on the instruction word, done in two
+        # registered steps before DISPATCH so that none of it lies on the DISPATCH
+        # decision's path: DECODE registers the products (and divisions by cols), CHECK
+        # the verdict. Exact, as nothing they read changes from DECODE to DISPATCH: POS,
+        # the tokens, in_prog and the sticky error change only in DISPATCH, LOAD (a RUN's
+        # tokens, whose last write lands in PFETCH), PFETCH and VEC, which all end in a
+        # fetch first; TOK[POS] is read a cycle ahead, so it holds from DECODE on.
+        error_now = Signal(8)
+        m.d.comb += error_now.eq(self._error(m, instr, in_prog, pos, tok_here))
         status_or_reset = ~in_prog & ((op == Opcode.STATUS) | (op == Opcode.RESET))
-        skip = (error != 0) | ((err_code != 0) & ~status_or_reset)
+        error = Signal(8)
+        skip = Signal()
 
         # Skipped instructions: payload bytes to drop, 0xFF bytes to send.
         drop_left = Signal(32)
         pad_left = Signal(32)
+        drop_len = Signal(32)
+        pad_len = Signal(32)
         payload_len = Mux(op == Opcode.LOAD_SP, instr.count0 * g.sp_row_bytes,
                       Mux(op == Opcode.LOAD_ACC, instr.count0 * g.acc_row_bytes,
                       Mux(op == Opcode.LOAD_PROG, instr.count0 * INSTRUCTION_BYTES,
@@ -393,7 +404,7 @@ class Controller(wiring.Component):
                     m.d.sync += count_byte.eq(count_byte + 1)
                     with m.If(count_byte == INSTRUCTION_BYTES - 1):
                         m.d.sync += [count_byte.eq(0), row.eq(0)]
-                        m.next = "DISPATCH"
+                        m.next = "DECODE"
             with m.State("PFETCH"):
                 if g.program_words:
                     m.d.comb += [prog_r.addr.eq(pc), prog_r.en.eq(1)]
@@ -411,6 +422,13 @@ class Controller(wiring.Component):
                 if g.program_words:
                     m.d.sync += instr.eq(prog_r.data)
                 m.d.sync += [word.eq(pc), pc.eq(pc + 1), row.eq(0)]
+                m.next = "DECODE"
+            with m.State("DECODE"):
+                m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.sync += [error.eq(error_now),
+                             skip.eq((error_now != 0) | ((err_code != 0) & ~status_or_reset)),
+                             drop_len.eq(payload_len), pad_len.eq(reply_len)]
                 m.next = "DISPATCH"
             with m.State("DISPATCH"):
                 with m.If(skip):
@@ -420,7 +438,7 @@ class Controller(wiring.Component):
                     with m.If(in_prog):
                         m.d.sync += [drop_left.eq(0), pad_left.eq(run_pad), in_prog.eq(0)]
                     with m.Else():
-                        m.d.sync += [drop_left.eq(payload_len), pad_left.eq(reply_len)]
+                        m.d.sync += [drop_left.eq(drop_len), pad_left.eq(pad_len)]
                     m.next = "DROP"
                 with m.Elif(op == Opcode.MATMUL):
                     with m.If(slot_state == EMPTY):
@@ -597,18 +615,26 @@ class Controller(wiring.Component):
         return m
 
     def _error(self, m, instr, in_prog, pos, tok):
-        """The ErrorCode of ``instr`` (0 if legal), as rtl/isa.py's instruction_error."""
+        """The ErrorCode of ``instr`` (0 if legal), as rtl/isa.py's instruction_error.
+
+        Its products and divisions are registered (``staged``): the code is exact from
+        the second cycle that ``instr``, ``pos`` and ``tok`` hold their values."""
         g = self.geometry
         op = instr.opcode
         cols = g.cols
+
+        def staged(value, name):
+            reg = Signal(Value.cast(value).shape(), name=f"check_{name}")
+            m.d.sync += reg.eq(value)
+            return reg
 
         def is_op(*opcodes):
             # Sorted: HOST_ONLY/PROGRAM_ONLY are sets, whose order changes with the hash seed,
             # and the Verilog (the build's content key) must come out the same every run.
             return Cat(op == o for o in sorted(opcodes, key=lambda o: o.value)).any()
 
-        def vrows(n):                       # ceil(n / cols)
-            return _div_const(n + (cols - 1), cols)
+        def vrows(n, name):                 # ceil(n / cols)
+            return staged(_div_const(n + (cols - 1), cols), name)
 
         illegal = (op.as_value() >= len(Opcode)) \
             | (in_prog & is_op(*HOST_ONLY)) | (~in_prog & is_op(*PROGRAM_ONLY)) \
@@ -625,8 +651,10 @@ class Controller(wiring.Component):
         mm = op == Opcode.MATMUL
         if g.dataflow == "ws":
             reps = instr.tag
-            ranges += [("sp", instr.addr0, Mux(m_ != 0, reps * instr.mult + m_, 0), mm),
-                       ("sp", instr.addr1, (reps + 1) * k_, mm), ("acc", instr.addr2, m_, mm)]
+            ranges += [("sp", instr.addr0,
+                        Mux(m_ != 0, staged(reps * instr.mult, "a_span") + m_, 0), mm),
+                       ("sp", instr.addr1, staged((reps + 1) * k_, "b_span"), mm),
+                       ("acc", instr.addr2, m_, mm)]
         else:
             ranges += [("sp", instr.addr0, k_, mm), ("sp", instr.addr1, k_, mm),
                        ("acc", instr.addr2, Mux(k_ != 0, m_, 0), mm)]
@@ -641,9 +669,11 @@ class Controller(wiring.Component):
         ]
         if g.units:
             vec = lambda v: (op == Opcode.VEC) & (instr.tag == v)
-            r = vrows(n)
+            r = vrows(n, "vrows")
             perchan = (instr.flags & Flags.PERCHAN) != 0
             with_pos = (instr.flags & Flags.POS) != 0
+            if g.has_unit("elementwise") or g.has_unit("embed"):
+                pos_rows = staged(_div_const(pos, cols) * n, "pos_rows")
             if g.has_unit("elementwise"):
                 ranges += [
                     ("acc", instr.addr0, r, vec(VecOp.REQ)),
@@ -657,17 +687,19 @@ class Controller(wiring.Component):
                     ("acc", instr.addr2, n, vec(VecOp.COPY_ACC)),
                     ("sp", instr.addr0, n, vec(VecOp.COPY_SP)),
                     ("sp", instr.addr1 + Mux(with_pos, pos, 0),
-                     Mux(n != 0, (n - 1) * instr.count1 + 1, 0), vec(VecOp.COPY_SP)),
+                     Mux(n != 0, staged((n - 1) * instr.count1, "stride_span") + 1, 0),
+                     vec(VecOp.COPY_SP)),
                     ("sp", instr.addr0, r, vec(VecOp.PUT_COL)),
-                    ("sp", instr.addr1 + _div_const(pos, cols) * n, n, vec(VecOp.PUT_COL)),
+                    ("sp", instr.addr1 + pos_rows, n, vec(VecOp.PUT_COL)),
                 ]
             if g.has_unit("gelu"):
                 ranges += [("sp", instr.addr0, r, vec(VecOp.GELU)),
                            ("sp", instr.addr2, r, vec(VecOp.GELU))]
             if g.has_unit("softmax"):
                 valid = n + Mux(with_pos, pos, 0)
-                ranges += [("acc", instr.addr0, vrows(valid), vec(VecOp.SOFTMAX)),
-                           ("sp", instr.addr2, vrows(Mux(valid > instr.count1, valid, instr.count1)),
+                ranges += [("acc", instr.addr0, vrows(valid, "sm_rows"), vec(VecOp.SOFTMAX)),
+                           ("sp", instr.addr2,
+                            vrows(Mux(valid > instr.count1, valid, instr.count1), "sm_out_rows"),
                             vec(VecOp.SOFTMAX))]
             if g.has_unit("layernorm"):
                 ranges += [("acc", instr.addr0, r, vec(VecOp.LAYERNORM)),
@@ -675,8 +707,9 @@ class Controller(wiring.Component):
                            ("sp", instr.addr2, r, vec(VecOp.LAYERNORM))]
             if g.has_unit("embed"):
                 ranges += [("tok", pos, 1, vec(VecOp.EMBED)),
-                           ("sp", instr.addr0 + _div_const(tok, cols) * n, n, vec(VecOp.EMBED)),
-                           ("sp", instr.addr1 + _div_const(pos, cols) * n, n, vec(VecOp.EMBED)),
+                           ("sp", instr.addr0 + staged(_div_const(tok, cols) * n, "tok_rows"), n,
+                            vec(VecOp.EMBED)),
+                           ("sp", instr.addr1 + pos_rows, n, vec(VecOp.EMBED)),
                            ("acc", instr.addr2, r, vec(VecOp.EMBED))]
             if g.has_unit("argmax"):
                 ranges += [("acc", instr.addr0, r, vec(VecOp.ARGMAX)),

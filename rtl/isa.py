@@ -114,18 +114,20 @@ __all__ = [
     "Opcode", "Flags", "VecOp", "Branch", "ErrorCode", "Param", "UNITS", "VEC_UNIT",
     "HOST_ONLY", "NUM_PARAMS", "INSTRUCTION", "INSTRUCTION_BYTES", "Instruction",
     "encode", "decode", "Geometry", "REQUANT_LATENCY", "WRITEBACK_STAGES",
-    "PROGRAM_ONLY", "PROGRAM_FETCH_CYCLES", "MEMORIES", "memory_depth", "footprint",
+    "PROGRAM_ONLY", "HOST_FETCH_CYCLES", "PROGRAM_FETCH_CYCLES", "MEMORIES", "memory_depth", "footprint",
     "instruction_error", "vector_rows",
 ]
 
 # Timing contract: the RTL is built from these and firmware/cycles.py models them.
 REQUANT_LATENCY = 6   # registered stages of the requantizer (one lane a cycle)
 WRITEBACK_STAGES = 3  # accumulator read-modify-write after a result row leaves the array
-# A word from program memory: one cycle to read it, one to latch it; then it is
-# dispatched like a host word (whose fetch takes INSTRUCTION_BYTES cycles, one a byte).
-PROGRAM_FETCH_CYCLES = 2
-
 INSTRUCTION_BYTES = 16
+# Cycles from a fetch state to DISPATCH. A host word: INSTRUCTION_BYTES cycles, one a
+# byte, then DECODE and CHECK, which register the instruction's error check in two
+# steps (its products, then the verdict and the skip lengths; rtl/controller.py). A
+# word from program memory: one cycle to read it, one to latch it, DECODE, CHECK.
+HOST_FETCH_CYCLES = INSTRUCTION_BYTES + 2
+PROGRAM_FETCH_CYCLES = 4
 
 
 class Opcode(enum.Enum, shape=5):
@@ -512,10 +514,10 @@ def vector_op_cycles(instruction: Instruction, geometry: Geometry, pos: int = 0)
         return setup + row_pass(1, rows, "argmax") + 1
     if op == VecOp.EMBED:
         return setup + VEC_ADDR_SETUP_CYCLES + n + 3
-    if op == VecOp.PUT_COL:
-        return setup + VEC_ADDR_SETUP_CYCLES + n + 1
+    if op == VecOp.PUT_COL:                     # the written row is registered first
+        return setup + VEC_ADDR_SETUP_CYCLES + n + 2
     assert op in (VecOp.COPY_ACC, VecOp.COPY_SP)
-    return setup + n + 1
+    return setup + n + 2                        # read, register, write
 
 
 __all__ += ["vector_op_cycles", "VEC_DRAIN", "VEC_DIV_STEPS", "VEC_SQRT_STEPS",

@@ -27,7 +27,8 @@ a division between; LAYERNORM three passes (sum; sum of squares; output) with
 three divisions and a square root between. The serial divider and square
 root take one cycle a result bit. EMBED and PUT_COL are one element a cycle
 (each element lives in its own scratchpad row), COPY_ACC and COPY_SP one row
-a cycle. Pass depths and the counts of serial steps are ``rtl.isa.VEC_*``.
+a cycle; what they write is registered first (never block RAM data straight
+into block RAM). Pass depths and the counts of serial steps are ``rtl.isa.VEC_*``.
 
 ``vector_lanes`` replicates the lane pipeline: REQ, ADD, MUL, GELU, SOFTMAX,
 LAYERNORM and ARGMAX take ``vector_lanes`` elements a cycle; EMBED, PUT_COL
@@ -132,10 +133,8 @@ class VectorUnit(wiring.Component):
     controller may OR them with its own or mux on ``busy``. Reads have one
     cycle of latency, and the unit relies on a read port's data *holding*
     while its ``en`` is low (as ``lib.memory`` read ports and ``BankedMemory``
-    do): nothing else may read those ports while the unit is busy. COPY_ACC
-    relies on the accumulator's transparent read (``rtl/top.py``) to copy
-    overlapping rows in order; nothing else relies on read-during-write
-    behaviour.
+    do): nothing else may read those ports while the unit is busy. Nothing
+    relies on read-during-write behaviour (the copies forward their own rows).
 
     Overlapping vectors: the result of REQ, ADD, MUL, GELU, SOFTMAX, LAYERNORM
     and EMBED may be an operand's rows exactly (in place) or overlap it from
@@ -552,36 +551,51 @@ class VectorUnit(wiring.Component):
                     m.d.comb += [self.acc_w_en.eq(1), self.acc_w_addr.eq(ins.addr2 + e3.row),
                                  self.acc_w_data.eq(new_row)]
         if "elementwise" in units:
-            pv = Signal()
+            # The merged row is registered before it is written: block RAM data never
+            # goes straight back into block RAM (a path across the die on the 85F).
+            pv = Signal()          # the element's rows are on the read ports
+            pw = Signal()          # the merged row is written
             p_lane = Signal(range(cols))
             p_addr = Signal(16)
-            m.d.sync += pv.eq(0)
+            p_waddr = Signal(16)
+            p_row = Signal(g.sp_width)
+            m.d.sync += [pv.eq(0), pw.eq(pv)]
             with m.If(pv):
                 src = lane_mux8(self.sp_r0_data, p_lane)
                 old = self.sp_r1_data
                 new = Cat(*[Mux(p_rem == j, src.as_unsigned(), old[j * 8:(j + 1) * 8])[:8]
                             for j in range(cols)],
                           old[cols * 8:])
-                m.d.comb += [self.sp_w_en.eq(1), self.sp_w_addr.eq(p_addr), self.sp_w_data.eq(new)]
+                m.d.sync += [p_row.eq(new), p_waddr.eq(p_addr)]
+            with m.If(pw):
+                m.d.comb += [self.sp_w_en.eq(1), self.sp_w_addr.eq(p_waddr),
+                             self.sp_w_data.eq(p_row)]
             # ------------------------------------ COPY_ACC, COPY_SP: a row a cycle
-            # Copies go row by row, in order: a row read in the cycle the row before it
-            # is written there (a stride-1 overlap) takes that write's data. The
-            # scratchpad's read is not transparent, so it is forwarded here; the
-            # accumulator's is (rtl/top.py), and COPY_ACC relies on it.
-            cv = Signal()
-            c_addr = Signal(16)
-            c_fwd = Signal()
-            c_last = Signal(g.sp_width)
-            m.d.sync += cv.eq(0)
+            # A row is read (A), arrives on the port and is registered (B), and is written
+            # from the register (C), so no block RAM output drives a block RAM input.
+            # Copies go row by row, in order: a row whose source is the destination of
+            # one of the two rows ahead of it (in B or C when it is read: not written yet,
+            # or written in that very cycle) takes that row's data, the nearer one first.
+            cv = Signal()          # B holds a row
+            cw = Signal()          # C holds a row
+            c_addr = Signal(16)    # B's destination
+            c_waddr = Signal(16)   # C's destination
+            c_fwd1 = Signal()      # B's row takes C's data
+            c_fwd2 = Signal()      # B's row takes the data C held a cycle ago
+            c_data = Signal(g.acc_row_width)
+            c_prev = Signal(g.acc_row_width)
+            m.d.sync += [cv.eq(0), cw.eq(cv), c_prev.eq(c_data)]
+            c_port = Mux(ins.tag == VecOp.COPY_SP, self.sp_r0_data, self.acc_r_data)
             with m.If(cv):
+                m.d.sync += [c_data.eq(Mux(c_fwd1, c_data, Mux(c_fwd2, c_prev, c_port))),
+                             c_waddr.eq(c_addr)]
+            with m.If(cw):
                 with m.If(ins.tag == VecOp.COPY_SP):
-                    c_row = Mux(c_fwd, c_last, self.sp_r0_data)
-                    m.d.comb += [self.sp_w_en.eq(1), self.sp_w_addr.eq(c_addr),
-                                 self.sp_w_data.eq(c_row)]
-                    m.d.sync += c_last.eq(c_row)
+                    m.d.comb += [self.sp_w_en.eq(1), self.sp_w_addr.eq(c_waddr),
+                                 self.sp_w_data.eq(c_data[:g.sp_width])]
                 with m.Else():
-                    m.d.comb += [self.acc_w_en.eq(1), self.acc_w_addr.eq(c_addr),
-                                 self.acc_w_data.eq(self.acc_r_data)]
+                    m.d.comb += [self.acc_w_en.eq(1), self.acc_w_addr.eq(c_waddr),
+                                 self.acc_w_data.eq(c_data)]
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -794,21 +808,23 @@ class VectorUnit(wiring.Component):
                             m.d.sync += [e_lane.eq(0), e_row.eq(e_row + 1)]
                         with m.Else():
                             m.d.sync += e_lane.eq(e_lane + 1)
-                    with m.If(ei == n16):
+                    with m.If(ei == n16 + 1):
                         m.next = "IDLE"
 
                 with m.State("COPY"):
                     m.d.sync += ei.eq(ei + 1)
                     with m.If(ei < n16):
+                        src = ins.addr0 + ei
                         with m.If(ins.tag == VecOp.COPY_SP):
-                            m.d.comb += [self.sp_r0_en.eq(1), self.sp_r0_addr.eq(ins.addr0 + ei)]
-                            m.d.sync += [dst.eq(dst + ins.count1),
-                                         c_fwd.eq(cv & (c_addr == ins.addr0 + ei))]
+                            m.d.comb += [self.sp_r0_en.eq(1), self.sp_r0_addr.eq(src)]
+                            m.d.sync += dst.eq(dst + ins.count1)
                         with m.Else():
-                            m.d.comb += [self.acc_r_en.eq(1), self.acc_r_addr.eq(ins.addr0 + ei)]
+                            m.d.comb += [self.acc_r_en.eq(1), self.acc_r_addr.eq(src)]
                             m.d.sync += dst.eq(dst + 1)
-                        m.d.sync += [cv.eq(1), c_addr.eq(dst)]
-                    with m.If(ei == n16):
+                        m.d.sync += [cv.eq(1), c_addr.eq(dst),
+                                     c_fwd1.eq(cv & (c_addr == src)),
+                                     c_fwd2.eq(cw & (c_waddr == src))]
+                    with m.If(ei == n16 + 1):
                         m.next = "IDLE"
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
         return m

@@ -142,13 +142,13 @@ def test_documented_latencies():
     g = Geometry(rows=8, cols=8, scratchpad_kib=1, accumulator_kib=1, program_kib=1, tokens=8)
     nop, sync, halt = Instruction(Opcode.NOP), Instruction(Opcode.SYNC), Instruction(Opcode.HALT)
     host_word = cycles(g, nop, sync) - cycles(g, sync)
-    assert host_word == 17                                  # 16 bytes + dispatch
+    assert host_word == 19                         # 16 bytes + DECODE + CHECK + dispatch
 
     def run_nops(k):
         words = [nop] * k + [halt] * (6 - k)
         return cycles(g, Instruction(Opcode.LOAD_PROG, count0=6), *words,
                       Instruction(Opcode.RUN, count0=1, count1=1), payload=bytes(2), reply=2)
-    assert run_nops(5) - run_nops(4) == 3                   # PROGRAM_FETCH_CYCLES + dispatch
+    assert run_nops(5) - run_nops(4) == 5                   # PROGRAM_FETCH_CYCLES + dispatch
 
     for dataflow, busy in (("ws", 24), ("os", 31)):
         g = Geometry(rows=8, cols=8, dataflow=dataflow, scratchpad_kib=1, accumulator_kib=1)
@@ -162,3 +162,27 @@ def test_documented_latencies():
         return cycles(g, Instruction(Opcode.STORE, count0=rows, flags=flags), reply=n)
     assert store(3, Flags.REQUANT) - store(2, Flags.REQUANT) == g.cols + 9
     assert store(3, 0) - store(2, 0) == g.acc_row_bytes + 1
+
+
+def test_the_dispatch_check_sees_the_tokens_and_pos_of_its_word():
+    """The error check runs in the two cycles before DISPATCH (DECODE, CHECK): EMBED's table
+    row depends on TOK[POS], which a RUN writes just before its first word and BRANCH LOOP
+    moves; the check must see the values the word executes with."""
+    g = Geometry(rows=2, cols=2, scratchpad_kib=0.25, accumulator_kib=0.25, banks=1,
+                 program_kib=0.25, tokens=8, units=("embed",))
+    # Table rows from addr0 + (TOK[POS] // cols) * n: legal for ids below 2 * cols * 8 / n.
+    n, table = 2, g.sp_depth - 16
+    embed = Instruction(Opcode.VEC, tag=VecOp.EMBED, addr0=table, addr1=0, addr2=0, count0=n,
+                        mult=1, count1=1)
+    words = [embed, Instruction(Opcode.EMIT), Instruction(Opcode.BRANCH, tag=Branch.LOOP),
+             Instruction(Opcode.HALT)]
+    status = (Instruction(Opcode.STATUS), b"")
+    for ids, code in (((3,), ErrorCode.OK),                   # P = 1: TOK[0] written just before
+                      ((16,), ErrorCode.OUT_OF_RANGE),        # rows table + 16 .. + 17: past the end
+                      ((1, 2, 16), ErrorCode.OUT_OF_RANGE),   # at POS 2, after two LOOPs
+                      ((1, 2, 15), ErrorCode.OK)):
+        reply = run(g, [load_prog(words), (Instruction(Opcode.RUN, count0=len(ids), count1=1),
+                                           tokens(*ids)), status])
+        assert reply[2] == code, ids
+        if code:                                            # the EMBED, program word 0
+            assert reply[3] == Opcode.VEC.value and reply[4:6] == bytes(2), ids
