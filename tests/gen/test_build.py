@@ -529,3 +529,20 @@ def test_multipliers_from_yosys_dump():
     line = does_not_fit("Info: \t          MULT18X18D:      66/     28   235%\n", "LFE5U-25F")
     assert line == ("design does not fit LFE5U-25F: it needs 66 DSP multipliers (MULT18X18D) "
                     "but the device has 28")
+
+
+def test_demo_reports_place_and_route_past_its_limit(tmp_path, capsys):
+    """``make demo``'s bitstream step: a place and route that outlives ``--pnr-minutes`` is
+    said in one line and ends the step (like a missed clock), with the synthesis kept."""
+    import argparse
+    from gen.config import load_config
+    from gen.demo import DemoContext, step_bitstream
+    ctx = DemoContext(load_config(TINY), tmp_path, argparse.Namespace(no_bitstream=False,
+                                                                      pnr_minutes=0.01))
+    step_bitstream(ctx)                     # 0.6 s: nextpnr is stopped while it loads
+    out = capsys.readouterr().out
+    assert "[bitstream] NOT PRODUCED: place and route did not finish within 0.01 min" in out
+    assert "nextpnr-ice40 stopped at its time limit of 0.6 s" in out
+    assert "bitstream" not in ctx.outputs
+    assert (tmp_path / "board.json").exists()                  # the synthesis stays
+    assert json.loads((tmp_path / "record.json").read_text())["status"] == "timeout"
