@@ -32,7 +32,9 @@ from gen.config import ConfigError, parse_config, read_toml
 from firmware.compiler import compile_matmul
 from firmware.cycles import cycle_report, link_seconds, run_cycles
 
-from .resident import _shape, program as resident_program, scratchpad_rows
+from gen.demo import shape_type
+
+from .resident import program as resident_program, scratchpad_rows
 
 SHAPES = [(1, 256, 256), (256, 256, 256)]
 
@@ -68,7 +70,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.board_time",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/default.toml")
-    parser.add_argument("--shape", type=_shape, action="append",
+    parser.add_argument("--shape", type=shape_type(65535), action="append",
                         help="M,K,N (repeatable; default 1,256,256 and 256,256,256)")
     parser.add_argument("--scratchpad-kib", type=int, default=160,
                         help="scratchpad of the resident case (default 160; 0: the config's)")

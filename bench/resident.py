@@ -20,6 +20,7 @@ import argparse
 import sys
 
 from gen.config import ConfigError, parse_config, read_toml
+from gen.demo import shape_type
 from firmware.cycles import run_cycles
 from rtl.isa import Instruction, Opcode, VecOp, Flags
 
@@ -65,22 +66,12 @@ def program(g, M, K, N, *, k_loop=True):
     return words
 
 
-def _shape(text):
-    try:
-        shape = tuple(int(x) for x in text.split(","))
-        if len(shape) == 3 and all(1 <= x <= 65535 for x in shape):
-            return shape
-    except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(f"must be M,K,N with each from 1 to 65535, not {text!r}")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.resident",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/default.toml")
     parser.add_argument("--no-k-loop", action="store_true", help="one MATMUL word per K piece")
-    parser.add_argument("--shape", type=_shape, action="append",
+    parser.add_argument("--shape", type=shape_type(65535), action="append",
                         help="M,K,N (repeatable; default: 1,256,256 and 128,256,256); K and N "
                              "multiples of the array's rows and cols")
     parser.add_argument("--scratchpad-kib", type=int,

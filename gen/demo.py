@@ -226,14 +226,18 @@ add_step("generate", step_generate)
 add_step("bitstream", step_bitstream)
 
 
-def _shape(text):
-    try:
-        shape = tuple(int(x) for x in text.split(","))
-        if len(shape) == 3 and all(1 <= x <= 4096 for x in shape):
-            return shape
-    except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(f"must be M,K,N with each from 1 to 4096, not {text!r}")
+def shape_type(limit: int = 4096):
+    """An argparse type for ``M,K,N``, each from 1 to ``limit`` (the benches use it too)."""
+    def shape(text):
+        try:
+            shape = tuple(int(x) for x in text.split(","))
+            if len(shape) == 3 and all(1 <= x <= limit for x in shape):
+                return shape
+        except ValueError:
+            pass
+        raise argparse.ArgumentTypeError(f"must be M,K,N with each from 1 to {limit}, "
+                                         f"not {text!r}")
+    return shape
 
 
 def main(argv=None) -> int:
@@ -241,7 +245,7 @@ def main(argv=None) -> int:
     parser.add_argument("--config", default="configs/default.toml", help="accelerator config (TOML)")
     parser.add_argument("--out", type=pathlib.Path, help="output directory (default: build/NAME)")
     parser.add_argument("--backend", help="simulation backend (default: TANDEM_SIM or the fastest)")
-    parser.add_argument("--shape", type=_shape, default=(96, 200, 72), help="M,K,N of the matmul")
+    parser.add_argument("--shape", type=shape_type(), default=(96, 200, 72), help="M,K,N of the matmul")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prompt", default="ROMEO:", help="prompt of the generate step")
     parser.add_argument("--tokens", type=int, default=24, help="tokens the generate step makes")
