@@ -166,25 +166,20 @@ class _Timeline:
             # as a MATMUL dispatched in that cycle would. A tile starts (y) once the slot
             # is full and the previous tile has issued its beats and its weight reads;
             # its own weights are read in the cycles after y, beside its first beats.
-            for r in range(ins.tag + 1):
-                if r:
-                    self._tile(y, m, g.weight_cycles(k))
-                    d = y
+            for _ in range(ins.tag + 1):
                 y = max(d + 1, self.start_free)
+                self._tile(y, m, g.weight_cycles(k))
                 self.macs += m * k * g.cols
-            self.slot_empty = y + 1
-            self._tile(y, m, g.weight_cycles(k))
-            return d0 + 1
+                d = y
         else:
             y = d + 1
             if self.last_beat is not None:
                 y = max(y, self.last_beat + max(0, g.os_spacing - k))
-            self.slot_empty = y + 1
-            beats = k
             if k:
                 self.last_beat = y + k
+            self._tile(y, k)
             self.macs += min(m, g.rows) * k * g.cols
-        self._tile(y, beats)
+        self.slot_empty = y + 1
         return d0 + 1
 
     def _tile(self, y, beats, weight_cycles=0):
