@@ -325,6 +325,7 @@ class Build:
         self.allow_timing_fail = allow_timing_fail
         settings = config.section("build") or BuildConfig()
         self.seed = seed if seed is not None else settings.seed
+        self.nextpnr_options = settings.nextpnr_args()
         self.timeouts = {**settings.timeouts(), **(timeouts or {})}
         self.programmer = programmer or os.environ.get("TANDEM_PROGRAMMER", "openfpgaloader")
         if self.programmer not in ("openfpgaloader", "amaranth"):
@@ -506,7 +507,7 @@ class Build:
         return plan, commands
 
     def _pnr_argv(self, argv):
-        argv = [*argv, "--report", "report.json", "--timing-allow-fail"]
+        argv = [*argv, *self.nextpnr_options, "--report", "report.json", "--timing-allow-fail"]
         if self.seed is not None:
             argv += ["--seed", str(self.seed)]
         return argv
@@ -914,6 +915,7 @@ class Build:
             "device": self.part,
             "family": self.family,
             "seed": self.seed,
+            "nextpnr_options": self.nextpnr_options,
             "clock_mhz": self.config.target.clock_mhz,
             "status": error.status if error else "ok",
             "error": str(error) if error else None,

@@ -73,12 +73,22 @@ class BuildConfig:
         pack_timeout_s = 600
         program_timeout_s = 600
         seed = 1
+        placer = "static"    # nextpnr --placer: heap (nextpnr's default), static or sa
+        router = "router2"   # nextpnr --router: router1 (nextpnr's default) or router2
+
+    ``placer`` and ``router`` are left to nextpnr when not given. The default config
+    sets them: its design did not route with heap and either router (docs/fpga.md).
     """
     yosys_timeout_s: float = 3600
     nextpnr_timeout_s: float = 7200
     pack_timeout_s: float = 600
     program_timeout_s: float = 600
     seed: int | None = None
+    placer: str | None = None
+    router: str | None = None
+
+    PLACERS = ("heap", "static", "sa")
+    ROUTERS = ("router1", "router2")
 
     def __post_init__(self):
         for tool in TIMEOUT_TOOLS:
@@ -86,6 +96,15 @@ class BuildConfig:
             if value < 0:
                 raise ValueError(f"{tool}_timeout_s must be 0 (no limit) or more seconds, "
                                  f"not {value!r}")
+        for key, choices in (("placer", self.PLACERS), ("router", self.ROUTERS)):
+            value = getattr(self, key)
+            if value is not None and value not in choices:
+                raise ValueError(f"{key} must be one of {', '.join(choices)}, not {value!r}")
+
+    def nextpnr_args(self) -> list[str]:
+        """The placer and router options for nextpnr (none when left to nextpnr)."""
+        return ([*(["--placer", self.placer] if self.placer else []),
+                 *(["--router", self.router] if self.router else [])])
 
     def timeouts(self) -> dict:
         """``{tool: seconds}`` for the tools in :data:`TIMEOUT_TOOLS`."""

@@ -39,20 +39,21 @@ from .pe import WeightStationaryPE, OutputStationaryPE, PRODUCT_STAGES
 __all__ = ["SystolicArray"]
 
 
-def _delay(m, signal, cycles, name):
-    """``signal`` delayed by ``cycles`` registers (0: the signal itself)."""
+def _delay(m, signal, cycles, name, *, data=False):
+    """``signal`` delayed by ``cycles`` registers (0: the signal itself); ``data``:
+    reset-less registers (``rtl/resetless.py``), for values their flags qualify."""
     for n in range(cycles):
-        reg = Signal.like(signal, name=f"{name}_d{n + 1}")
+        reg = Signal.like(signal, name=f"{name}_d{n + 1}", reset_less=data)
         m.d.sync += reg.eq(signal)
         signal = reg
     return signal
 
 
-def _taps(m, signal, cycles, name):
+def _taps(m, signal, cycles, name, *, data=False):
     """``[signal, signal delayed 1, ..., delayed cycles]``: one register chain."""
     taps = [signal]
     for n in range(cycles):
-        reg = Signal.like(taps[-1], name=f"{name}_d{n + 1}")
+        reg = Signal.like(taps[-1], name=f"{name}_d{n + 1}", reset_less=data)
         m.d.sync += reg.eq(taps[-1])
         taps.append(reg)
     return taps
@@ -122,6 +123,9 @@ class SystolicArray(wiring.Component):
             })
         super().__init__(ports)
 
+    # Inputs registered without a reset (rtl/resetless.py): in_valid qualifies them.
+    _DATA_INPUTS = ("in_a", "in_tag", "in_b")
+
     @property
     def latency(self) -> int:
         """Cycles from a beat to its first result row (``Geometry.array_latency``):
@@ -146,7 +150,7 @@ class SystolicArray(wiring.Component):
         regs = {}
         for name in names:
             port = getattr(self, name)
-            reg = Signal.like(port, name=f"{name}_r")
+            reg = Signal.like(port, name=f"{name}_r", reset_less=name in self._DATA_INPUTS)
             m.d.sync += reg.eq(port)
             regs[name] = reg
         return regs
@@ -168,9 +172,10 @@ class SystolicArray(wiring.Component):
         for o in range(W):
             longest = max((delay[i] for i in range(o, rows, W)), default=0)
             for j in range(cols):
-                lanes[o, j] = _taps(m, self.w_data[o][j], longest + j, f"w_data{o}_c{j}")
+                lanes[o, j] = _taps(m, self.w_data[o][j], longest + j, f"w_data{o}_c{j}",
+                                    data=True)
         for i in range(rows):
-            a = _delay(m, i_["in_a"][i], i, f"skew_a{i}")
+            a = _delay(m, i_["in_a"][i], i, f"skew_a{i}", data=True)
             valid = _delay(m, i_["in_valid"], i, f"skew_v{i}")
             swap = _delay(m, i_["in_swap"], i, f"skew_s{i}")
             for j in range(cols):
@@ -185,10 +190,10 @@ class SystolicArray(wiring.Component):
                 a, valid, swap = pe.a_out, pe.valid_out, pe.swap_out
         for j in range(cols):
             m.d.comb += self.out_c[j].eq(_delay(m, pes[rows - 1][j].psum_out, cols - 1 - j,
-                                                f"deskew_c{j}"))
+                                                f"deskew_c{j}", data=True))
         m.d.comb += [
             self.out_valid.eq(_delay(m, i_["in_valid"], self.latency - 1, "out_valid")),
-            self.out_tag.eq(_delay(m, i_["in_tag"], self.latency - 1, "out_tag")),
+            self.out_tag.eq(_delay(m, i_["in_tag"], self.latency - 1, "out_tag", data=True)),
         ]
         return m
 
@@ -200,9 +205,9 @@ class SystolicArray(wiring.Component):
                                    multiplier=self.multiplier)
                 for _ in range(cols)] for _ in range(rows)]
         shift = Signal()
-        b_top = [_delay(m, i_["in_b"][j], j, f"skew_b{j}") for j in range(cols)]
+        b_top = [_delay(m, i_["in_b"][j], j, f"skew_b{j}", data=True) for j in range(cols)]
         for i in range(rows):
-            a = _delay(m, i_["in_a"][i], i, f"skew_a{i}")
+            a = _delay(m, i_["in_a"][i], i, f"skew_a{i}", data=True)
             valid = _delay(m, i_["in_valid"], i, f"skew_v{i}")
             first = _delay(m, i_["in_first"], i, f"skew_f{i}")
             last = _delay(m, i_["in_last"], i, f"skew_l{i}")
@@ -220,9 +225,9 @@ class SystolicArray(wiring.Component):
 
         # The last beat's results are all in place latency cycles after it.
         done = _delay(m, i_["in_valid"] & i_["in_last"], self.latency - 1, "done")
-        done_tag = _delay(m, i_["in_tag"], self.latency - 1, "done_tag")
+        done_tag = _delay(m, i_["in_tag"], self.latency - 1, "done_tag", data=True)
         remaining = Signal(range(rows + 1))
-        held_tag = Signal(self.tag_width)
+        held_tag = Signal(self.tag_width, reset_less=True)
         m.d.comb += shift.eq(done | (remaining != 0))
         with m.If(done):
             m.d.sync += [remaining.eq(rows - 1), held_tag.eq(done_tag)]

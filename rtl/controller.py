@@ -30,6 +30,7 @@ from .isa import (Geometry, INSTRUCTION, INSTRUCTION_BYTES, Opcode, Flags, REQUA
                   WRITEBACK_STAGES, HOST_ONLY, PROGRAM_ONLY, NUM_PARAMS, VecOp, VEC_UNIT, Branch,
                   ErrorCode)
 from .requant import Requantizer
+from .resetless import data_signal
 
 __all__ = ["Controller", "host_ports"]
 
@@ -205,18 +206,20 @@ class Controller(wiring.Component):
         else:
             out_addr = out_tag.addr + arr.out_row
             out_ok = arr.out_valid & (arr.out_row < out_tag.m)
-        wb = [Signal(data.StructLayout({
-                  "valid": 1, "addr": 16, "accumulate": 1,
-                  "c": data.ArrayLayout(signed(aw), cols)}), name=f"wb{n}") for n in (1, 2)]
-        wb_old = Signal(cols * aw)
+        wb = [Signal(data.StructLayout({"valid": 1, "addr": 16, "accumulate": 1}),
+                     name=f"wb{n}") for n in (1, 2)]
+        # The rows themselves are data registers (rtl/resetless.py): wb[n].valid qualifies them.
+        wb_c = [data_signal(data.ArrayLayout(signed(aw), cols), name=f"wb{n}_c") for n in (1, 2)]
+        wb_old = data_signal(cols * aw)
         m.d.sync += [wb[0].valid.eq(out_ok), wb[0].addr.eq(out_addr),
-                     wb[0].accumulate.eq(out_tag.accumulate), wb[0].c.eq(arr.out_c)]
+                     wb[0].accumulate.eq(out_tag.accumulate), wb_c[0].eq(arr.out_c)]
         wb_data = Signal(cols * aw)
         forward = wb[1].valid & (wb[1].addr == wb[0].addr)
-        m.d.sync += [wb[1].eq(wb[0]), wb_old.eq(Mux(forward, wb_data, acc.r0_data))]
+        m.d.sync += [wb[1].eq(wb[0]), wb_c[1].eq(wb_c[0]),
+                     wb_old.eq(Mux(forward, wb_data, acc.r0_data))]
         for j in range(cols):
             old = wb_old[j * aw:(j + 1) * aw].as_signed()
-            m.d.comb += wb_data[j * aw:(j + 1) * aw].eq(Mux(wb[1].accumulate, old, 0) + wb[1].c[j])
+            m.d.comb += wb_data[j * aw:(j + 1) * aw].eq(Mux(wb[1].accumulate, old, 0) + wb_c[1][j])
 
         # -------------------------------------------------------------- front end
         instr = Signal(INSTRUCTION)
@@ -258,7 +261,7 @@ class Controller(wiring.Component):
 
         # Byte-serial reply path; 0xFF padding goes out directly once it is free.
         ser_bytes = max(g.acc_row_bytes, g.sp_row_bytes, g.out_row_bytes, 4)
-        ser = Signal(8 * ser_bytes)
+        ser = data_signal(8 * ser_bytes)
         ser_left = Signal(range(ser_bytes + 1))
         ser_free = ser_left == 0
         ser_load = Signal()
@@ -277,7 +280,7 @@ class Controller(wiring.Component):
         row_bytes = Mux(op == Opcode.LOAD_SP, g.sp_row_bytes,
                         Mux(op == Opcode.LOAD_ACC, g.acc_row_bytes,
                             Mux(op == Opcode.LOAD_PROG, INSTRUCTION_BYTES, 2)))
-        load_sr = Signal(8 * max_row_bytes)
+        load_sr = data_signal(8 * max_row_bytes)
         load_addr = Signal(16)
         sp_write = Signal()
         acc_write = Signal()
@@ -288,12 +291,12 @@ class Controller(wiring.Component):
             return load_sr[8 * (max_row_bytes - nbytes):]
 
         requant_write = Signal()
-        bias = Signal(cols * aw)
+        bias = data_signal(cols * aw)
 
         # Post-processing: lanes through the requantizer into packed out rows.
-        acc_row = Signal(cols * aw)
-        raw_row = Signal(cols * aw)
-        q_row = Signal(cols * iw)
+        acc_row = data_signal(cols * aw)
+        raw_row = data_signal(cols * aw)
+        q_row = data_signal(cols * iw)
         lane = Signal(range(cols + 1))
         flush = Signal(range(Requantizer.LATENCY + 1))
         m.d.comb += [

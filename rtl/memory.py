@@ -102,11 +102,22 @@ class BankedMemory(wiring.Component):
             last_bank = Signal.like(r_bank, name=f"r{n}_last_bank")
             with m.If(en):
                 m.d.sync += last_bank.eq(r_bank)
-            m.d.comb += data.eq(Array(readers[n])[last_bank] if self.banks > 1 else readers[n][0])
             if n in self.wide_ports:
+                # Output o is bank (last_bank + o) % banks: a barrel rotation, one stage of
+                # 2:1 muxes per bit of last_bank. Each bank's data then feeds two muxes,
+                # where a full crossbar (every output an 8:1 mux of every bank) gave each
+                # block RAM output bit a fanout of banks + 1 right at the RAM rows, which
+                # nextpnr could not route (docs/fpga.md).
                 rows = getattr(self, f"r{n}_rows")
+                stage = list(readers[n])
+                for s in range(bank_bits):
+                    step = 1 << s
+                    stage = [Mux(last_bank[s], stage[(o + step) % self.banks], stage[o])
+                             for o in range(self.banks)]
                 for o in range(self.banks):
-                    bank = (last_bank + o)[:bank_bits] if bank_bits else 0
-                    m.d.comb += rows[o].eq(Array(readers[n])[bank] if self.banks > 1
-                                           else readers[n][0])
+                    m.d.comb += rows[o].eq(stage[o])
+                m.d.comb += data.eq(rows[0])
+            else:
+                m.d.comb += data.eq(Array(readers[n])[last_bank] if self.banks > 1
+                                    else readers[n][0])
         return m

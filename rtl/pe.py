@@ -7,6 +7,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .dsp import LATENCY, check_kind, make_multiplier
+from .resetless import data_reg
 
 __all__ = ["WeightStationaryPE", "OutputStationaryPE", "PRODUCT_STAGES"]
 
@@ -61,8 +62,9 @@ class WeightStationaryPE(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        shadow = Signal(signed(self.input_width))
-        active = Signal(signed(self.input_width))
+        # Data registers are reset-less (rtl/resetless.py): only the flags need the reset.
+        shadow = Signal(signed(self.input_width), reset_less=True)
+        active = Signal(signed(self.input_width), reset_less=True)
         m.submodules.mul = mul = make_multiplier(self.multiplier, self.input_width,
                                                  self.input_width)
         with m.If(self.w_load):
@@ -71,11 +73,11 @@ class WeightStationaryPE(wiring.Component):
             m.d.sync += active.eq(shadow)
         m.d.comb += [mul.a.eq(self.a_in), mul.b.eq(Mux(self.swap_in, shadow, active))]
         m.d.sync += [
-            self.a_out.eq(self.a_in),
             self.valid_out.eq(self.valid_in),
             self.swap_out.eq(self.valid_in & self.swap_in),
-            self.psum_out.eq(self.psum_in + mul.p),
         ]
+        data_reg(m, self.a_out, self.a_in)
+        data_reg(m, self.psum_out, self.psum_in + mul.p)
         return m
 
 
@@ -111,7 +113,7 @@ class OutputStationaryPE(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        acc = Signal(signed(self.acc_width))
+        acc = Signal(signed(self.acc_width), reset_less=True)
         total = Signal(signed(self.acc_width))
         m.submodules.mul = mul = make_multiplier(self.multiplier, self.input_width,
                                                  self.input_width)
@@ -126,13 +128,15 @@ class OutputStationaryPE(wiring.Component):
         m.d.comb += total.eq(Mux(first, 0, acc) + mul.p)
         with m.If(valid):
             m.d.sync += acc.eq(total)
+        result = Signal.like(self.result, reset_less=True)
+        m.d.comb += self.result.eq(result)
         with m.If(valid & last):
-            m.d.sync += self.result.eq(total)
+            m.d.sync += result.eq(total)
         with m.Elif(self.shift):
-            m.d.sync += self.result.eq(self.result_in)
+            m.d.sync += result.eq(self.result_in)
+        data_reg(m, self.a_out, self.a_in)
+        data_reg(m, self.b_out, self.b_in)
         m.d.sync += [
-            self.a_out.eq(self.a_in),
-            self.b_out.eq(self.b_in),
             self.valid_out.eq(self.valid_in),
             self.first_out.eq(self.first_in),
             self.last_out.eq(self.last_in),

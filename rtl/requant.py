@@ -18,6 +18,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from .isa import REQUANT_LATENCY
+from .resetless import data_reg, data_signal
 
 __all__ = ["Requantizer"]
 
@@ -58,14 +59,15 @@ class Requantizer(wiring.Component):
         m = Module()
         aw, iw = self.acc_width, self.input_width
         width = aw + 1 + self.mult_width          # the product's bits
-        x = Signal(signed(aw + 1))
-        rounded = Signal(signed(width + 1))
-        scaled = Signal(signed(width + 1))
+        # Every register but the valid chain is data (rtl/resetless.py).
+        x = data_signal(signed(aw + 1))
+        rounded = data_signal(signed(width + 1))
+        scaled = data_signal(signed(width + 1))
         # A shift of `width` or more leaves 0 whatever the product (its magnitude
         # is below 2**(width-1), so adding half of 2**shift and flooring gives 0);
         # clamping it keeps the rounding term, and the adder, `width` bits wide.
-        shift = Signal(range(width + 1))
-        half = Signal(width)
+        shift = data_signal(range(width + 1))
+        half = data_signal(width)
 
         # 1: bias. The shift and the rounding term depend only on the held shift
         # field, but registers keep their decoders off the adder's path.
@@ -82,37 +84,33 @@ class Requantizer(wiring.Component):
             chunk = x[low:low + 16]
             if low + 16 >= aw + 1:
                 chunk = chunk.as_signed()
-            partial = Signal(signed(len(chunk) + self.mult_width + 1), name=f"partial{n}")
+            partial = data_signal(signed(len(chunk) + self.mult_width + 1), name=f"partial{n}")
             m.d.sync += partial.eq(chunk * self.mult)
             pieces.append((partial, low))
         # 3: add the pieces in two halves, the rounding term with the upper one.
-        lower = Signal(signed(width + 1))
-        upper = Signal(signed(width + 1))
+        lower = data_signal(signed(width + 1))
+        upper = data_signal(signed(width + 1))
         m.d.sync += lower.eq(sum(part << low for part, low in pieces[:2]))
         m.d.sync += upper.eq(sum((part << low for part, low in pieces[2:]), half))
         # 4: round half up (the sum of both halves). 5: arithmetic shift.
         m.d.sync += rounded.eq(lower + upper)
-        shift_delayed = [Signal.like(shift, name=f"shift_d{n}") for n in range(3)]
+        shift_delayed = [data_signal(range(width + 1), name=f"shift_d{n}") for n in range(3)]
         m.d.sync += [shift_delayed[0].eq(shift), shift_delayed[1].eq(shift_delayed[0]),
                      shift_delayed[2].eq(shift_delayed[1])]
         m.d.sync += scaled.eq(rounded >> shift_delayed[2])
         # 6: saturate.
         lo, hi = -(1 << (iw - 1)), (1 << (iw - 1)) - 1
-        with m.If(scaled < lo):
-            m.d.sync += self.out_q.eq(lo)
-        with m.Elif(scaled > hi):
-            m.d.sync += self.out_q.eq(hi)
-        with m.Else():
-            m.d.sync += self.out_q.eq(scaled)
+        data_reg(m, self.out_q, Mux(scaled < lo, lo, Mux(scaled > hi, hi, scaled)))
 
         raw, valid = x, self.in_valid
         for n in range(self.LATENCY - 2):
-            raw_next = Signal(signed(aw), name=f"raw{n}")
+            raw_next = data_signal(signed(aw), name=f"raw{n}")
             m.d.sync += raw_next.eq(raw)
             raw = raw_next
         for n in range(self.LATENCY - 1):
             valid_next = Signal(name=f"valid{n}")
             m.d.sync += valid_next.eq(valid)
             valid = valid_next
-        m.d.sync += [self.out_raw.eq(raw), self.out_valid.eq(valid)]
+        data_reg(m, self.out_raw, raw)
+        m.d.sync += self.out_valid.eq(valid)
         return m

@@ -53,6 +53,7 @@ from amaranth.lib.wiring import In, Out
 from .intmath import IExp, const_mul
 from .isa import (Geometry, INSTRUCTION, NUM_PARAMS, VecOp, Flags, Param, VEC_DRAIN,
                   VEC_DIV_STEPS, VEC_SQRT_STEPS, VEC_ADDR_SETUP_CYCLES)
+from .resetless import data_signal
 
 __all__ = ["VectorUnit"]
 
@@ -211,8 +212,10 @@ class VectorUnit(wiring.Component):
         ei = Signal(18)            # EMBED/PUT_COL/COPY element (row) counter
 
         # Operand reads and row buffers.
-        buf1 = Signal(cols * 32)
-        buf2 = Signal(cols * 32)
+        # Rows and the lane pipelines' values are data registers (rtl/resetless.py):
+        # the tag pipeline's valid flags qualify them.
+        buf1 = data_signal(cols * 32)
+        buf2 = data_signal(cols * 32)
         latch = Signal(2)          # 1: buf1, 2: buf2 take the accumulator port's data
         m.d.sync += latch.eq(0)
         with m.If(latch == 1):
@@ -264,7 +267,7 @@ class VectorUnit(wiring.Component):
             """[value, value 1 cycle later, ...]: registers for stages 1..stages."""
             out = [value]
             for k in range(1, stages + 1):
-                reg = Signal.like(value, name=f"{name}{k}")
+                reg = Signal.like(value, name=f"{name}{k}", reset_less=True)
                 m.d.sync += reg.eq(out[-1])
                 out.append(reg)
             return out
@@ -293,7 +296,7 @@ class VectorUnit(wiring.Component):
         emb_products = None
         for l in range(L):
             def s(name, shape):
-                return Signal(shape, name=f"{name}_l{l}")
+                return data_signal(shape, name=f"{name}_l{l}")
 
             a1 = s("a1", signed(32))
             m.d.sync += a1.eq(acc_lane[l])
@@ -448,8 +451,8 @@ class VectorUnit(wiring.Component):
 
         # -------------------------------------------------------------- writers
         sp_pad = g.sp_width - cols * 8
-        res_sp = Signal(cols * 8)
-        res_acc = Signal(cols * 32)
+        res_sp = data_signal(cols * 8)
+        res_acc = data_signal(cols * 32)
         if has(*SP_WRITERS):
             new8 = Cat(*[Mux(tap_mask[l], out8[l], 0)[:8] for l in range(L)])
             row8 = Cat(res_sp[L * 8:], new8)
@@ -558,7 +561,7 @@ class VectorUnit(wiring.Component):
             p_lane = Signal(range(cols))
             p_addr = Signal(16)
             p_waddr = Signal(16)
-            p_row = Signal(g.sp_width)
+            p_row = data_signal(g.sp_width)
             m.d.sync += [pv.eq(0), pw.eq(pv)]
             with m.If(pv):
                 src = lane_mux8(self.sp_r0_data, p_lane)
@@ -582,8 +585,8 @@ class VectorUnit(wiring.Component):
             c_waddr = Signal(16)   # C's destination
             c_fwd1 = Signal()      # B's row takes C's data
             c_fwd2 = Signal()      # B's row takes the data C held a cycle ago
-            c_data = Signal(g.acc_row_width)
-            c_prev = Signal(g.acc_row_width)
+            c_data = data_signal(g.acc_row_width)
+            c_prev = data_signal(g.acc_row_width)
             m.d.sync += [cv.eq(0), cw.eq(cv), c_prev.eq(c_data)]
             c_port = Mux(ins.tag == VecOp.COPY_SP, self.sp_r0_data, self.acc_r_data)
             with m.If(cv):

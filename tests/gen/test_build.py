@@ -244,6 +244,16 @@ def test_keys_follow_env_overrides_tool_versions_seed_and_verilog(tmp_path, monk
     seeded = _keys(tmp_path, seed=7)
     assert seeded["synth"] == base["synth"] and seeded["pnr"] != base["pnr"]
 
+    # [build] placer and router: nextpnr's command line, so place and route again.
+    chosen = tmp_path / "tiny_static.toml"
+    chosen.write_text(TINY.read_text() + '\n[build]\nplacer = "static"\nrouter = "router2"\n')
+    build = Build(load_config(chosen), tmp_path)
+    assert build.key("synth") == base["synth"] and build.key("pnr") != base["pnr"]
+    pnr = build.commands("pnr")[0]
+    assert pnr[pnr.index("--placer") + 1] == "static"
+    assert pnr[pnr.index("--router") + 1] == "router2"
+    assert "--placer" not in Build(load_config(TINY), tmp_path).commands("pnr")[0]
+
     # Another nextpnr version: the same; another Yosys version: every stage.
     real_version = Tool.version
     monkeypatch.setattr(Tool, "version", lambda self: "nextpnr-ice40 9.9"

@@ -49,6 +49,8 @@ def test_defaults_and_hash():
     ({"accelerator": {}, "target": {}}, "[target] needs board"),
     ({"accelerator": {}, "target": {"board": "icebreaker", "clock_mhz": 0}}, "clock_mhz must be from 1 to 500, not 0"),
     ({"accelerator": {}, "target": {"board": "icebreaker"}, "acclerator": {}}, "unknown table [acclerator]"),
+    ({"accelerator": {}, "target": {"board": "icebreaker"}, "build": {"placer": "heat"}}, "[build] placer must be one of heap, static, sa, not 'heat'"),
+    ({"accelerator": {}, "target": {"board": "icebreaker"}, "build": {"router": "router3"}}, "[build] router must be one of router1, router2, not 'router3'"),
 ])
 def test_bad_values_are_one_line_errors(document, message):
     with pytest.raises(ConfigError) as info:
