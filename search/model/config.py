@@ -56,6 +56,11 @@ class TrainConfig:
     sandwich : BigNAS sandwich rule: each step trains the largest, the smallest
         and ``random_subnets`` random subnets; false trains the largest only.
     random_subnets : random subnets per step with the sandwich rule.
+    random_weight_kib : when > 0, the sandwich's random subnets are drawn only
+        among those whose int8 weights (one byte a parameter) fit this many
+        KiB, the search's device budget (300 for the ECP5-85F): the shared
+        slices that only oversized subnets use get no update from the random
+        draws, the ones the search ranks get them all. 0 = any subnet.
     variant_sampling : how the sandwich picks FFN variants. ``"balanced"``
         (default): step s's largest and smallest take variant
         ``ffn_variants[s % len(ffn_variants)]`` in every layer, and each layer
@@ -86,6 +91,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     sandwich: bool = True
     random_subnets: int = 2
+    random_weight_kib: float = 0.0
     variant_sampling: str = "balanced"
     distill: bool = False
     eval_interval: int = 250
@@ -109,6 +115,8 @@ class TrainConfig:
         if not 0 < self.lr <= 1 or not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"lr must be in (0, 1] and min_lr in [0, lr]; got lr={self.lr!r}, "
                              f"min_lr={self.min_lr!r}")
+        if self.random_weight_kib < 0:
+            raise ValueError(f"random_weight_kib must be 0 or more, not {self.random_weight_kib!r}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError("weight_decay and grad_clip must be 0 or more")
         if self.variant_sampling not in ("balanced", "by_macs"):

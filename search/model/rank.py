@@ -12,7 +12,10 @@ percentile bootstrap confidence intervals over the subnets.
 Writes ``table.md``, ``table.json``, ``rank.png`` and ``manifest.json`` into
 the output directory, and one ``standalone/<key>.json`` (and ``.pt``) per
 trained subnet: rerunning skips the subnets already trained, so an
-interrupted run resumes. ``--standalone-only`` stops after the standalone
+interrupted run resumes (a finished run whose steps, batch, learning rate or
+seed differ from the config's is an error, not reused). Fine-tune results
+(``<key>.finetune<steps>.<checkpoint sha256>.json``) are kept per supernet
+checkpoint, since they start from its weights. ``--standalone-only`` stops after the standalone
 training (the supernet need not exist yet).
 
 Exit status: 0 done, 2 a bad config or a missing checkpoint (one line on
@@ -20,6 +23,7 @@ stderr), 130 interrupted.
 """
 
 import argparse
+import hashlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 import json
@@ -42,7 +46,7 @@ from .data import load_corpus, random_batch
 from .perplexity import evaluate, nll
 from .space import SearchSpace, SubnetConfig, count_params, macs_per_token
 from .transformer import Transformer
-from .train import (_atomic_save, _atomic_savefig, _atomic_write, _lr, _optimizer, _pyplot,
+from .train import (CHECKPOINT, _atomic_save, _atomic_savefig, _atomic_write, _lr, _optimizer, _pyplot,
                     git_commit, load_supernet, run_command, versions)
 
 __all__ = ["RankConfig", "load_rank_config", "pick_subnets", "kendall_tau", "spearman_rho",
@@ -63,6 +67,8 @@ class RankConfig:
         around the median m of the fitting candidates: max/min <= band.
     steps, batch_size : standalone training (0 = the supernet's, i.e. as many
         tokens as the supernet gave each subnet of a sandwich step).
+    lr : the standalone runs' peak learning rate (0 = the supernet's). Set, it
+        keeps the reference fixed while the supernet's own rate is tuned.
     finetune_steps : when > 0, each subnet's extracted weights are also
         fine-tuned this many steps (the supernet's batch and peak learning rate,
         10% warmup, cosine) and the correlation reported before and after.
@@ -79,6 +85,7 @@ class RankConfig:
     mac_band: float = 2.0
     steps: int = 0
     batch_size: int = 0
+    lr: float = 0.0
     finetune_steps: int = 0
     eval_tokens: int = 65536
     bootstrap: int = 2000
@@ -88,6 +95,8 @@ class RankConfig:
     def __post_init__(self):
         if self.subnets < 3:
             raise ValueError(f"subnets must be at least 3, not {self.subnets!r}")
+        if not 0 <= self.lr <= 1:
+            raise ValueError(f"lr must be in [0, 1], not {self.lr!r}")
         if self.weight_kib <= 0 or self.mac_band < 1:
             raise ValueError("weight_kib must be positive and mac_band at least 1")
         for name in ("steps", "batch_size", "finetune_steps", "eval_tokens", "bootstrap", "threads", "seed"):
@@ -206,21 +215,38 @@ def _init_worker():
 
 def _standalone_job(args):
     """One subnet's standalone run in a worker; writes ``<key>.json`` and ``<key>.pt``."""
-    sub_dict, where, supernet_config, steps, batch, eval_tokens, seed, threads = args
+    sub_dict, where, supernet_config, steps, batch, lr, eval_tokens, seed, threads = args
     torch.set_num_threads(threads)
     sub = SubnetConfig.from_dict(sub_dict)
     run = load_run_config(supernet_config)
     corpus = load_corpus(run.train.corpus, run.train.corpus_path or None)
     t0 = time.perf_counter()
-    model = train_standalone(sub, corpus.train, steps=steps, batch_size=batch, train_cfg=run.train, seed=seed)
+    model = train_standalone(sub, corpus.train, steps=steps, batch_size=batch,
+                             train_cfg=_standalone_train(run.train, lr), seed=seed)
     train_s = time.perf_counter() - t0
     ppl = math.exp(nll(model, None, corpus.valid, max_tokens=eval_tokens))
     where = pathlib.Path(where)
     _atomic_save(model.state_dict(), where / f"{sub.key()}.pt")
     result = {"subnet": sub_dict, "key": sub.key(), "standalone_ppl": ppl, "train_s": train_s,
-              "steps": steps, "batch_size": batch, "tokens": steps * batch * sub.context_len, "seed": seed}
+              "steps": steps, "batch_size": batch, "lr": _standalone_train(run.train, lr).lr,
+              "tokens": steps * batch * sub.context_len, "seed": seed}
     _atomic_write(where / f"{sub.key()}.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _standalone_train(train_cfg, lr: float):
+    """The supernet's training settings with the standalone peak rate (0 = its own)."""
+    return replace(train_cfg, lr=lr, min_lr=min(train_cfg.min_lr, lr)) if lr else train_cfg
+
+
+def _check_cached(path: pathlib.Path, steps: int, batch: int, lr: float, seed: int) -> None:
+    """A finished standalone run is reused only if trained as this config asks
+    (results from before ``lr`` was recorded are taken at their word on it)."""
+    r = json.loads(path.read_text())
+    had = (r["steps"], r["batch_size"], r.get("lr", lr), r["seed"])
+    if had != (steps, batch, lr, seed):
+        raise ModelConfigError(f"{path} was trained with steps, batch, lr, seed {had}, not "
+                               f"{(steps, batch, lr, seed)}; use another out")
 
 
 def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False, quiet: bool = False) -> dict:
@@ -239,11 +265,15 @@ def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False
     where = out / "standalone"
     where.mkdir(parents=True, exist_ok=True)
     todo = [s for s in subs if not (where / f"{s.key()}.json").exists()]
+    lr = _standalone_train(run.train, cfg.lr).lr
+    for i, s in enumerate(subs):
+        if s not in todo:
+            _check_cached(where / f"{s.key()}.json", steps, batch, lr, cfg.seed + i)
     say(f"{len(subs)} subnets <= {cfg.weight_kib:g} KiB int8, MACs/token "
         f"{min(macs_per_token(s, s.context_len) for s in subs):,.0f}-"
         f"{max(macs_per_token(s, s.context_len) for s in subs):,.0f}; {len(subs) - len(todo)} trained, "
         f"{len(todo)} to train ({steps} steps x {batch} x {space.context_len} tokens each, {workers} worker(s))")
-    jobs = [(s.to_dict(), str(where), cfg.supernet_config, steps, batch, cfg.eval_tokens,
+    jobs = [(s.to_dict(), str(where), cfg.supernet_config, steps, batch, cfg.lr, cfg.eval_tokens,
              cfg.seed + i, cfg.threads) for i, s in enumerate(subs) if s in todo]
     if jobs:
         t0 = time.perf_counter()
@@ -276,13 +306,15 @@ def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False
     y = [r["standalone_ppl"] for r in rows]
     summary = {**_correlations([r["inherited_ppl"] for r in rows], y, cfg), "subnets": len(rows), "standalone_steps": steps, "standalone_batch": batch,
                "supernet_steps": run.train.steps, "supernet_batch": run.train.batch_size,
-               "eval_tokens": cfg.eval_tokens, "checkpoint": str(checkpoint)}
+               "standalone_lr": lr, "eval_tokens": cfg.eval_tokens, "checkpoint": str(checkpoint)}
     summary["tau_and_params"] = kendall_tau([r["params"] for r in rows], y)
     summary["tau_and_macs"] = kendall_tau([r["macs_per_token"] for r in rows], y)
     if cfg.finetune_steps:
         ft_cfg = replace(run.train, warmup_steps=max(1, cfg.finetune_steps // 10))
+        # A fine-tune starts from the checkpoint's weights: its result is kept per checkpoint.
+        digest = hashlib.sha256((pathlib.Path(checkpoint) / CHECKPOINT).read_bytes()).hexdigest()[:16]
         for i, (s, r) in enumerate(zip(subs, rows)):
-            path = where / f"{s.key()}.finetune{cfg.finetune_steps}.json"
+            path = where / f"{s.key()}.finetune{cfg.finetune_steps}.{digest}.json"
             if not path.exists():
                 t0 = time.perf_counter()
                 model = train_standalone(s, corpus.train, steps=cfg.finetune_steps, batch_size=batch,

@@ -169,6 +169,8 @@ def _config_key(cfg_dict: dict) -> dict:
     for key in ("out", "log_interval", "checkpoint_interval", "eval_interval", "threads", "device"):
         d["train"].pop(key, None)
     d.pop("study", None)  # a study's table, not this run's training
+    if not d["train"].get("random_weight_kib"):
+        d["train"].pop("random_weight_kib", None)  # the default; runs from before the key resume
     if not d["train"].get("sandwich", True):
         d["train"].pop("variant_sampling", None)  # no sandwich, no variants to sample
     return d
@@ -244,8 +246,52 @@ def step_subnets(space: SearchSpace, cfg, step: int, rng: random.Random, decks: 
     subnets = [space.largest(v), space.smallest(v)]
     for _ in range(cfg.random_subnets):
         layers = rng.choice(space.layers)
-        subnets.append(space.sample(rng, ffn_variants=[decks.deal(rng, i) for i in range(layers)]))
+        variants = [decks.deal(rng, i) for i in range(layers)]
+        subnets.append(_fitting_sample(space, rng, variants, cfg.random_weight_kib))
     return subnets
+
+
+def _fitting_sample(space: SearchSpace, rng: random.Random, variants, weight_kib: float, tries: int = 200):
+    """A random subnet with these per-layer FFN variants whose int8 weights fit
+    ``weight_kib`` KiB (0 = any), so that the variant decks stay balanced.
+
+    The other choices are redrawn until one fits (uniform over the fitting
+    subnets). Some mixes fit only at narrow widths that uniform draws seldom
+    hit (GLU in all 4 layers of the default space fits 300 KiB only at width
+    96, 2 heads and FFN 128 everywhere: 1 draw in 13,122); after ``tries``
+    misses the choices are made one at a time in a random order, each uniform
+    among the values with which the narrowest completion still fits.
+    """
+    for _ in range(tries):
+        sub = space.sample(rng, ffn_variants=variants)
+        if not weight_kib or count_params(sub) <= weight_kib * 1024:
+            return sub
+    n, lowrank = len(variants), "lowrank" in variants
+    pick = {("d", 0): min(space.d_model), ("rank", 0): min(space.lowrank_rank) if lowrank else 0,
+            ("shared", 0): min(space.ffn_dim),
+            **{("heads", i): min(space.heads) for i in range(n)},
+            **{("ffn", i): min(space.ffn_dim) for i in range(n)}}
+
+    def build():
+        dims = [pick[("shared", 0)] if v == "shared" else pick[("ffn", i)] for i, v in enumerate(variants)]
+        return space.subnet(d_model=pick[("d", 0)], heads=[pick[("heads", i)] for i in range(n)],
+                            ffn_dims=dims, ffn_variants=variants, lowrank_rank=pick[("rank", 0)])
+
+    if count_params(build()) > weight_kib * 1024:
+        raise ModelConfigError(f"random_weight_kib = {weight_kib:g}: no subnet with FFN variants "
+                               f"{', '.join(variants)} fits; raise it or set it to 0")
+    choices = {"d": space.d_model, "rank": space.lowrank_rank if lowrank else (0,),
+               "shared": space.ffn_dim, "heads": space.heads, "ffn": space.ffn_dim}
+    slots = list(pick)
+    rng.shuffle(slots)
+    for slot in slots:
+        fits = []
+        for value in choices[slot[0]]:
+            pick[slot] = value
+            if count_params(build()) <= weight_kib * 1024:
+                fits.append(value)
+        pick[slot] = rng.choice(fits)  # the narrowest value is always among them
+    return build()
 
 
 def count_updates(updates: dict, subnets) -> None:
@@ -267,7 +313,8 @@ def update_ratios(updates: dict) -> list:
 def plan_updates(run: RunConfig, vocab_size: int = 2) -> dict:
     """The FFN update counts per variant per layer that training ``run`` will
     record, from its sandwich schedule alone (no weights, no data: the subnet
-    draws use only the seeded Python RNG)."""
+    draws use only the seeded Python RNG). With ``random_weight_kib`` the
+    draws depend on the parameter count: pass the corpus's ``vocab_size``."""
     space = replace(run.space, vocab_size=vocab_size)
     rng, decks = random.Random(run.train.seed), VariantDecks(space.ffn_variants, max(space.layers))
     updates = {v: [0] * max(space.layers) for v in space.ffn_variants}
@@ -502,7 +549,9 @@ def main(argv=None):
         if overrides:
             run = replace(run, train=replace(run.train, **overrides))
         if args.plan:
-            print(json.dumps(plan_updates(run)))
+            vocab = load_corpus(run.train.corpus, run.train.corpus_path or None).tokenizer.vocab_size \
+                if run.train.random_weight_kib else 2  # the fit of a random draw counts the embedding
+            print(json.dumps(plan_updates(run, vocab)))
             return 0
         results = train_supernet(run, stop_after=args.stop_after, fresh=args.fresh)
         if args.export and results["done"]:

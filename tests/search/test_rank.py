@@ -90,6 +90,12 @@ out = "{tmp_path / 'rank'}"
     before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "rank" / "standalone").glob("*.json"))
     assert run_rank(load_rank_config(tmp_path / "rank.toml"), quiet=True)["kendall_tau"] == s["kendall_tau"]
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "rank" / "standalone").glob("*.json")) == before
+    # Reuse is only of runs trained as asked: another standalone rate is an error, not a silent mix.
+    assert all(r["lr"] == 1e-3 for r in result["rows"]) and s["standalone_lr"] == 1e-3
+    with pytest.raises(ModelConfigError, match="was trained with steps, batch, lr, seed"):
+        run_rank(replace(load_rank_config(tmp_path / "rank.toml"), lr=2e-3), quiet=True)
+    # Fine-tunes start from the checkpoint, so their results are kept per checkpoint.
+    assert len(list((tmp_path / "rank" / "standalone").glob("*.finetune2.*.json"))) == 4
 
 
 def test_a_bad_rank_config_is_one_line(tmp_path, capsys):

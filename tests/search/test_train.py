@@ -180,3 +180,51 @@ def test_in_place_distillation_logs_what_each_subnet_learned(shakespeare, tmp_pa
     first, last = records[0]["ce"][1], sum(r["ce"][1] for r in records[-5:]) / 5
     assert last < first - 0.5
     assert results["valid_ppl"]["smallest"] < shakespeare.unigram_perplexity() * 1.3
+
+
+def test_random_subnets_can_be_held_to_a_weight_budget():
+    import random
+    from dataclasses import replace
+    from search.model.space import count_params
+    space = replace(tiny_run("x").space, vocab_size=11)
+    # Every variant mix fits at the narrowest widths (the all-GLU one is the heaviest);
+    # about a third of unconstrained draws are wider than that and must be redrawn.
+    n = max(space.layers)
+    kib = count_params(space.subnet(d_model=min(space.d_model), heads=[min(space.heads)] * n,
+                                    ffn_dims=[min(space.ffn_dim)] * n, ffn_variants=["glu"] * n)) / 1024
+    free = [count_params(space.sample(random.Random(i))) for i in range(200)]
+    assert sum(f > kib * 1024 for f in free) > 40
+    cfg = tiny_run("x", random_weight_kib=kib, random_subnets=3).train
+    rng, decks = random.Random(0), VariantDecks(space.ffn_variants, 2)
+    dealt = {v: [0, 0] for v in space.ffn_variants}
+    for step in range(100):
+        subs = step_subnets(space, cfg, step, rng, decks)
+        assert subs[0] == space.largest(space.ffn_variants[step % 5]) and len(subs) == 5
+        for sub in subs[2:]:
+            assert count_params(sub) <= kib * 1024
+            for i, v in enumerate(sub.ffn_variants):
+                dealt[v][i] += 1
+    # The variants still come from the decks: every layer deals each about equally often.
+    for i in range(2):
+        counts = [c[i] for c in dealt.values()]
+        assert max(counts) - min(counts) <= 2, dealt
+    # The default (0) draws exactly as before the option existed.
+    a, b = random.Random(1), random.Random(1)
+    plain = step_subnets(space, tiny_run("x").train, 0, a, VariantDecks(space.ffn_variants, 2))
+    decks = VariantDecks(space.ffn_variants, 2)
+    old = [space.largest("standard"), space.smallest("standard")]
+    for _ in range(2):
+        n = b.choice(space.layers)
+        old.append(space.sample(b, ffn_variants=[decks.deal(b, i) for i in range(n)]))
+    assert plain == old
+    # A mix that fits only at the narrowest widths, which uniform redraws miss, still comes out.
+    from search.model.train import _fitting_sample
+    tight = _fitting_sample(space, random.Random(0), ["glu", "glu"], kib, tries=0)
+    assert count_params(tight) <= kib * 1024 and tight.ffn_variants == ("glu", "glu")
+    loose = {_fitting_sample(space, random.Random(i), ["glu"], kib, tries=0) for i in range(30)}
+    assert len(loose) > 3 and all(count_params(s) <= kib * 1024 for s in loose)
+    # A budget nothing fits is one clear error, not an endless loop.
+    with pytest.raises(ModelConfigError, match="random_weight_kib = 0.01: no subnet"):
+        step_subnets(space, tiny_run("x", random_weight_kib=0.01).train, 0, rng, decks)
+    with pytest.raises(ModelConfigError, match="random_weight_kib must be 0 or more"):
+        tiny_run("x", random_weight_kib=-1)
