@@ -74,10 +74,11 @@ class BuildConfig:
         program_timeout_s = 600
         seed = 1
         placer = "static"    # nextpnr --placer: heap (nextpnr's default), static or sa
-        router = "router2"   # nextpnr --router: router1 (nextpnr's default) or router2
+        router = "router1"   # nextpnr --router: router1 (nextpnr's default) or router2
 
     ``placer`` and ``router`` are left to nextpnr when not given. The default config
-    sets them: its design did not route with heap and either router (docs/fpga.md).
+    sets them: its design routes with the static placer and router1, not with HeAP,
+    nor with router2 (docs/fpga.md, "Routing the default").
     """
     yosys_timeout_s: float = 3600
     nextpnr_timeout_s: float = 7200
@@ -103,8 +104,8 @@ class BuildConfig:
 
     def nextpnr_args(self) -> list[str]:
         """The placer and router options for nextpnr (none when left to nextpnr)."""
-        return ([*(["--placer", self.placer] if self.placer else []),
-                 *(["--router", self.router] if self.router else [])])
+        return ((["--placer", self.placer] if self.placer else []) +
+                (["--router", self.router] if self.router else []))
 
     def timeouts(self) -> dict:
         """``{tool: seconds}`` for the tools in :data:`TIMEOUT_TOOLS`."""

@@ -11,7 +11,7 @@ flip-flops must share their LSR net, so reset and reset-less registers do not
 pack together (docs/fpga.md).
 """
 
-from amaranth import Signal, Value
+from amaranth import Signal
 
 __all__ = ["data_reg", "data_signal"]
 
@@ -21,18 +21,14 @@ def data_signal(shape, **kwargs):
     return Signal(shape, reset_less=True, **kwargs)
 
 
-def data_reg(m, out, value, *, enable=None, name=None):
+def data_reg(m, out, value):
     """Register ``value`` into ``out`` through a reset-less register.
 
     ``out`` may be a port whose signal has a reset (a component's ``Out``
     member): the register is a reset-less signal of the same shape, and ``out``
-    follows it combinationally. With ``enable`` the register holds otherwise.
+    follows it combinationally.
     """
-    reg = Signal.like(out, reset_less=True, name=name or f"{out.name}_reg")
-    if enable is None:
-        m.d.sync += reg.eq(value)
-    else:
-        with m.If(enable):
-            m.d.sync += reg.eq(value)
+    reg = Signal.like(out, reset_less=True, name=f"{out.name}_reg")
+    m.d.sync += reg.eq(value)
     m.d.comb += out.eq(reg)
     return reg
