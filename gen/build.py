@@ -358,6 +358,7 @@ class Build:
         self.multipliers_in_luts = 0
         self.yosys_runs = []     # seconds of each Yosys run of the synth stage
         self.overflow = {}
+        self.pre_place = None    # gen/paths.py's estimate of the synthesized netlist
         self.fit_check_s = None  # seconds from the end of the first synthesis to the verdict
         self._current = "setup"
 
@@ -609,6 +610,23 @@ class Build:
         finally:
             self.fit_check_s = round(time.monotonic() - synthesized, 2)
         self.multipliers_in_luts = self._fit_dsp_budget(argv)
+        self.pre_place = self._pre_place_paths()
+
+    def _pre_place_paths(self):
+        """The synthesized netlist's worst register-to-register path, estimated before
+        placement (``gen/paths.py``; ECP5 only): a number a sweep gets in minutes where
+        place and route takes a quarter of an hour or more."""
+        netlist = self.out / f"{NAME}.json"
+        if self.family != "ecp5" or not netlist.exists():
+            return None
+        from .paths import endpoint_paths, summary
+        paths = endpoint_paths(json.loads(netlist.read_text()))
+        result = summary(paths)
+        if result:
+            _progress("synth", f"worst path before placement {result['worst_ns']:.2f} ns "
+                               f"({result['levels']} levels of logic: {result['start']} -> "
+                               f"{result['endpoint']}; gen/paths.py)")
+        return result
 
     def _yosys(self, argv):
         (self.out / f"{NAME}.rpt").unlink(missing_ok=True)
@@ -873,7 +891,7 @@ class Build:
         extra = {}
         if stage == "synth":
             extra = {"multipliers_in_luts": self.multipliers_in_luts,
-                     "yosys_runs_s": self.yosys_runs}
+                     "yosys_runs_s": self.yosys_runs, "pre_place": self.pre_place}
             # Later keys build on the synth key, which hashes the plan without the demotion.
             if self._script_after_read:
                 self._script_after_read = None
@@ -935,6 +953,7 @@ class Build:
             "stage_s": {s: r.get("seconds") for s, r in self.stages.items()},
             "yosys_runs_s": self.yosys_runs or synth_record.get("yosys_runs_s", []),
             "fit_check_s": self.fit_check_s,
+            "pre_place": self.pre_place or synth_record.get("pre_place"),
             "wall_s": round(wall_s, 2) if wall_s is not None else None,
         }
         if error and error.status == "does_not_fit" and not record["overflow"]:

