@@ -27,8 +27,9 @@ __all__ = ["CELL_DELAYS", "Path", "endpoint_paths", "summary", "main"]
 
 # Intrinsic delays in ns (ECP5, speed 6): inputs -> output for combinational
 # cells; for sequential cells, clock -> output (a start) with their inputs as
-# endpoints. DP16KD without its output register: the RAM's 5.83 ns clock-to-out
-# seen on the routed default's critical path.
+# endpoints. DP16KD: 5.83 ns clock-to-out without its output register (the routed
+# default's critical path), 0.96 ns with it; both are nextpnr's, measured on a
+# DP16KD instance driving flip-flops (docs/fpga.md, "Paths before placement").
 CELL_DELAYS = {
     "LUT4": 0.24,
     "PFUMX": 0.20,
@@ -36,7 +37,7 @@ CELL_DELAYS = {
     "CCU2C": 0.40,          # A..D -> S/COUT; CIN -> COUT is CARRY_NS
     "TRELLIS_FF": 0.52,     # clock -> Q
     "DP16KD": 5.83,         # clock -> DO, REGMODE NOREG
-    "DP16KD_OUTREG": 1.32,  # clock -> DO through the output register
+    "DP16KD_OUTREG": 0.96,  # clock -> DO through the output register (REGMODE OUTREG)
     "MULT18X18D": 1.30,     # clock -> P, REG_OUTPUT clocked
     "TRELLIS_DPR16X4": 0.60,  # RAD -> DO (a distributed RAM's read is combinational)
 }
