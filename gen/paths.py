@@ -5,10 +5,10 @@ and a half. This walks Yosys's JSON netlist (``board.json`` of a synth stage)
 and gives every timing endpoint an estimated arrival time, so that a change
 meant to shorten the critical path can be checked, and the next paths seen,
 without placing. The estimate is the longest path through the mapped cells:
-each cell adds its intrinsic delay (``CELL_DELAYS``, ECP5 speed grade 6, as
-nextpnr reports them) and each net one routing hop (``net_ns``). What it does
-not know is placement: a path across the die routes slower than one inside a
-tile, so it ranks paths and counts logic levels; the clock is nextpnr's.
+each cell adds its intrinsic delay (``CELL_DELAYS``, ECP5 speed grade 6) and
+each net one routing hop (``net_ns``). What it does not know is placement: a
+path across the die routes slower than one inside a tile, so it ranks paths and
+counts logic levels; the clock is nextpnr's.
 
 Calibration (``docs/fpga.md``, "Paths before placement"): the routed default's
 critical path (``8e5f377``, 19.73 ns in nextpnr) has 11.52 ns of routing over 12
@@ -30,6 +30,9 @@ __all__ = ["CELL_DELAYS", "Path", "endpoint_paths", "summary", "main"]
 # endpoints. DP16KD: 5.83 ns clock-to-out without its output register (the routed
 # default's critical path), 0.96 ns with it; both are nextpnr's, measured on a
 # DP16KD instance driving flip-flops (docs/fpga.md, "Paths before placement").
+# LUT4 and TRELLIS_FF are as nextpnr's reports of the default show them; PFUMX,
+# L6MUX21, CCU2C, the carry, MULT18X18D and the distributed RAM are estimates (none
+# of them is on a path this estimate has been checked against).
 CELL_DELAYS = {
     "LUT4": 0.24,
     "PFUMX": 0.20,
