@@ -87,9 +87,9 @@ def endpoint_paths(netlist, *, net_ns=0.96):
     ports. A combinational loop raises ``ValueError``.
     """
     top = _top(netlist)
-    driver = {}                 # bit -> (cell name, delay of the cell to that bit)
+    driver = {}                 # bit -> (cell name, delay to that bit, kind; None: a start)
     sinks = []                  # (cell name, pin, bits) of endpoints
-    comb = {}                   # cell name -> (type, input bits, {output bit: extra delay})
+    comb = {}                   # cell name -> (connections, port directions)
     for name, cell in top["cells"].items():
         kind = _base(cell["type"])
         if kind.startswith("$"):
@@ -97,12 +97,13 @@ def endpoint_paths(netlist, *, net_ns=0.96):
         dirs = cell.get("port_directions", {})
         conns = cell.get("connections", {})
         if kind in SEQUENTIAL:
-            delay = CELL_DELAYS[kind]
-            if kind == "DP16KD" and "OUTREG" in str(cell.get("parameters", {}).get("REGMODE_A", "")
-                                                    + cell.get("parameters", {}).get("REGMODE_B", "")):
-                delay = CELL_DELAYS["DP16KD_OUTREG"]
+            params = cell.get("parameters", {})
             for pin, bits in conns.items():
                 if dirs.get(pin) == "output":
+                    delay = CELL_DELAYS[kind]
+                    # A block RAM port's own output register (DOA*: REGMODE_A, DOB*: _B).
+                    if kind == "DP16KD" and params.get(f"REGMODE_{pin[2:3]}") == "OUTREG":
+                        delay = CELL_DELAYS["DP16KD_OUTREG"]
                     for b in bits:
                         if isinstance(b, int):
                             driver[b] = (name, delay, None)
@@ -116,15 +117,12 @@ def endpoint_paths(netlist, *, net_ns=0.96):
                         if isinstance(b, int):
                             driver[b] = (name, 0.0, None)
         else:
-            delay = CELL_DELAYS[kind]
-            ins = [b for pin, bits in conns.items() if dirs.get(pin) == "input"
-                   for b in bits if isinstance(b, int)]
             for pin, bits in conns.items():
                 if dirs.get(pin) == "output":
                     for b in bits:
                         if isinstance(b, int):
-                            driver[b] = (name, delay, kind)
-            comb[name] = (kind, conns, dirs, ins)
+                            driver[b] = (name, CELL_DELAYS[kind], kind)
+            comb[name] = (conns, dirs)
     for port, info in top.get("ports", {}).items():
         if info["direction"] == "input":
             for b in info["bits"]:
@@ -151,7 +149,7 @@ def endpoint_paths(netlist, *, net_ns=0.96):
             if bit in visiting:
                 raise ValueError(f"combinational loop through {name}")
             visiting.add(bit)
-            _, conns, dirs, ins = comb[name]
+            conns, dirs = comb[name]
             result = None
             for pin, bits in conns.items():
                 if dirs.get(pin) != "input":
