@@ -18,6 +18,16 @@ seed differ from the config's is an error, not reused). Fine-tune results
 checkpoint, since they start from its weights. ``--standalone-only`` stops after the standalone
 training (the supernet need not exist yet).
 
+One standalone run per subnet is a noisy reference: with ``standalone_seeds
+= n`` > 1 each subnet is also trained with n - 1 more seeds
+(``standalone/<key>.replica<r>.json`` and ``.pt``, seed ``seed + i + 1000 r``;
+replica 0 is the one-seed run above), the reference becomes the mean of the n
+perplexities, and the table adds the correlations against that mean and
+against each replica, and the replicas' agreement with each other (the
+noise ceiling of a one-seed reference). The one-seed numbers
+keep their place and names in ``table.json``; ``n = 1`` writes what it did
+before.
+
 Exit status: 0 done, 2 a bad config or a missing checkpoint (one line on
 stderr), 130 interrupted.
 """
@@ -50,7 +60,25 @@ from .train import (CHECKPOINT, _atomic_save, _atomic_savefig, _atomic_write, _l
                     git_commit, load_supernet, run_command, versions)
 
 __all__ = ["RankConfig", "load_rank_config", "pick_subnets", "kendall_tau", "spearman_rho",
-           "bootstrap_ci", "train_standalone", "run_rank", "main"]
+           "bootstrap_ci", "SEED_STRIDE", "replica_seed", "replica_stem", "replica_agreement",
+           "train_standalone", "run_rank", "main"]
+
+
+SEED_STRIDE = 1000
+"""Replica ``r`` of subnet ``i`` trains with seed ``seed + i + SEED_STRIDE * r``: replica 0
+keeps the seeds of the one-seed runs (their caches stay valid), and no two runs of up to
+``SEED_STRIDE`` subnets share a seed."""
+
+
+def replica_seed(seed: int, subnet: int, replica: int) -> int:
+    """The standalone seed of replica ``replica`` of the ``subnet``-th drawn subnet."""
+    return seed + subnet + SEED_STRIDE * replica
+
+
+def replica_stem(key: str, replica: int) -> str:
+    """File stem of a replica's result in ``standalone/``: ``<key>`` for replica 0 (the
+    one-seed runs' name, so their results are reused), ``<key>.replica<r>`` after."""
+    return key if replica == 0 else f"{key}.replica{replica}"
 
 
 @dataclass(frozen=True)
@@ -75,6 +103,11 @@ class RankConfig:
     eval_tokens : validation tokens (stratified over the split) per score.
     bootstrap : bootstrap resamples for the confidence intervals.
     threads : torch threads per worker.
+    standalone_seeds : standalone replicas per subnet (>= 1). Replica ``r`` of
+        subnet ``i`` is seeded ``seed + i + SEED_STRIDE * r`` (replica 0 is the
+        one-seed reference of before); with more than one, the reference is the
+        mean of the replicas' perplexities, and the replicas' agreement with
+        each other (the noise ceiling of a one-seed reference) is reported.
     out : output directory.
     """
     supernet_config: str = "configs/supernet_default.toml"
@@ -90,6 +123,7 @@ class RankConfig:
     eval_tokens: int = 65536
     bootstrap: int = 2000
     threads: int = 1
+    standalone_seeds: int = 1
     out: str = "build/rank_default"
 
     def __post_init__(self):
@@ -102,6 +136,11 @@ class RankConfig:
         for name in ("steps", "batch_size", "finetune_steps", "eval_tokens", "bootstrap", "threads", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)!r}")
+        if self.standalone_seeds < 1:
+            raise ValueError(f"standalone_seeds must be at least 1, not {self.standalone_seeds!r}")
+        if self.standalone_seeds > 1 and self.subnets > SEED_STRIDE:
+            raise ValueError(f"standalone_seeds > 1 takes at most {SEED_STRIDE} subnets (their seeds "
+                             f"would collide), not {self.subnets!r}")
 
 
 def load_rank_config(path) -> RankConfig:
@@ -214,8 +253,9 @@ def _init_worker():
 
 
 def _standalone_job(args):
-    """One subnet's standalone run in a worker; writes ``<key>.json`` and ``<key>.pt``."""
-    sub_dict, where, supernet_config, steps, batch, lr, eval_tokens, seed, threads = args
+    """One subnet's standalone run in a worker; writes ``<stem>.json`` and ``<stem>.pt``
+    (see :func:`replica_stem`)."""
+    sub_dict, where, supernet_config, steps, batch, lr, eval_tokens, seed, threads, replica = args
     torch.set_num_threads(threads)
     sub = SubnetConfig.from_dict(sub_dict)
     run = load_run_config(supernet_config)
@@ -226,12 +266,21 @@ def _standalone_job(args):
     train_s = time.perf_counter() - t0
     ppl = math.exp(nll(model, None, corpus.valid, max_tokens=eval_tokens))
     where = pathlib.Path(where)
-    _atomic_save(model.state_dict(), where / f"{sub.key()}.pt")
+    stem = replica_stem(sub.key(), replica)
+    _atomic_save(model.state_dict(), where / f"{stem}.pt")
     result = {"subnet": sub_dict, "key": sub.key(), "standalone_ppl": ppl, "train_s": train_s,
               "steps": steps, "batch_size": batch, "lr": _standalone_train(run.train, lr).lr,
               "tokens": steps * batch * sub.context_len, "seed": seed}
-    _atomic_write(where / f"{sub.key()}.json", json.dumps(result, indent=2) + "\n")
+    if replica:  # replica 0's file keeps the one-seed runs' fields exactly
+        result["replica"] = replica
+    _atomic_write(where / f"{stem}.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _progress(i: int, n: int, r: dict) -> str:
+    seed = f" seed {r['seed']}" if r.get("replica") else ""
+    return (f"[{i + 1}/{n}] standalone ppl {r['standalone_ppl']:.3f}{seed} "
+            f"({r['train_s']:.0f} s) {SubnetConfig.from_dict(r['subnet']).short()}")
 
 
 def _standalone_train(train_cfg, lr: float):
@@ -264,33 +313,39 @@ def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False
     out = pathlib.Path(cfg.out)
     where = out / "standalone"
     where.mkdir(parents=True, exist_ok=True)
-    todo = [s for s in subs if not (where / f"{s.key()}.json").exists()]
+    replicas = range(cfg.standalone_seeds)
+    result_path = lambda s, r: where / f"{replica_stem(s.key(), r)}.json"
+    # Replica by replica: an interrupted run has whole replicas done, so it can also be
+    # finished with fewer seeds.
+    runs = [(i, s, r) for r in replicas for i, s in enumerate(subs)]
+    todo = [(i, s, r) for i, s, r in runs if not result_path(s, r).exists()]
     lr = _standalone_train(run.train, cfg.lr).lr
-    for i, s in enumerate(subs):
-        if s not in todo:
-            _check_cached(where / f"{s.key()}.json", steps, batch, lr, cfg.seed + i)
+    for i, s, r in runs:
+        if (i, s, r) not in todo:
+            _check_cached(result_path(s, r), steps, batch, lr, replica_seed(cfg.seed, i, r))
     say(f"{len(subs)} subnets <= {cfg.weight_kib:g} KiB int8, MACs/token "
         f"{min(macs_per_token(s, s.context_len) for s in subs):,.0f}-"
-        f"{max(macs_per_token(s, s.context_len) for s in subs):,.0f}; {len(subs) - len(todo)} trained, "
+        f"{max(macs_per_token(s, s.context_len) for s in subs):,.0f}; "
+        + (f"{cfg.standalone_seeds} seeds each; " if cfg.standalone_seeds > 1 else "")
+        + f"{len(runs) - len(todo)} trained, "
         f"{len(todo)} to train ({steps} steps x {batch} x {space.context_len} tokens each, {workers} worker(s))")
     jobs = [(s.to_dict(), str(where), cfg.supernet_config, steps, batch, cfg.lr, cfg.eval_tokens,
-             cfg.seed + i, cfg.threads) for i, s in enumerate(subs) if s in todo]
+             replica_seed(cfg.seed, i, r), cfg.threads, r) for i, s, r in todo]
     if jobs:
         t0 = time.perf_counter()
         if workers > 1:
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                      initializer=_init_worker) as pool:
                 for i, r in enumerate(pool.map(_standalone_job, jobs)):
-                    say(f"[{i + 1}/{len(jobs)}] standalone ppl {r['standalone_ppl']:.3f} "
-                        f"({r['train_s']:.0f} s) {SubnetConfig.from_dict(r['subnet']).short()}")
+                    say(_progress(i, len(jobs), r))
         else:
             for i, job in enumerate(jobs):
-                r = _standalone_job(job)
-                say(f"[{i + 1}/{len(jobs)}] standalone ppl {r['standalone_ppl']:.3f} "
-                    f"({r['train_s']:.0f} s) {SubnetConfig.from_dict(r['subnet']).short()}")
+                say(_progress(i, len(jobs), _standalone_job(job)))
         say(f"standalone training: {time.perf_counter() - t0:.0f} s")
+    results = [[json.loads(result_path(s, r).read_text()) for r in replicas] for s in subs]
     if standalone_only:
-        return {"standalone": [json.loads((where / f"{s.key()}.json").read_text()) for s in subs]}
+        return {"standalone": [rs[0] for rs in results],
+                **({"replicas": results} if cfg.standalone_seeds > 1 else {})}
 
     checkpoint = cfg.checkpoint or run.train.out
     net, net_space, _ = load_supernet(checkpoint)
@@ -326,6 +381,8 @@ def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False
                 f"{r['finetuned_ppl']:.3f} {s.short()}")
         summary["finetuned"] = {"steps": cfg.finetune_steps,
                                 **_correlations([r["finetuned_ppl"] for r in rows], y, cfg)}
+    if cfg.standalone_seeds > 1:
+        summary["mean_of_seeds"] = _seed_summary(rows, results, cfg)
     _atomic_write(out / "table.json", json.dumps({"summary": summary, "rows": rows}, indent=2) + "\n")
     _atomic_write(out / "table.md", format_table(rows, summary, cfg) + "\n")
     _plot(rows, summary, out / "rank.png")
@@ -333,6 +390,54 @@ def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False
         "config": {k: getattr(cfg, k) for k in RankConfig.__dataclass_fields__},
         "git_commit": git_commit(), "versions": versions(), "summary": summary}, indent=2) + "\n")
     return summary
+
+
+def replica_agreement(ppls) -> dict:
+    """How well standalone replicas agree: Kendall tau-b and Spearman rho of every
+    pair of replicas (columns of ``ppls``, subnets x replicas) over the subnets, and
+    their means over the pairs. The mean pair tau is how well one standalone run
+    ranks the subnets as another does: the noise ceiling of a one-seed reference
+    for a score as noisy as one run (a noise-free score can expect somewhat more)."""
+    ppls = np.asarray(ppls, float)
+    pairs = [{"replicas": [a, b], "kendall_tau": kendall_tau(ppls[:, a], ppls[:, b]),
+              "spearman_rho": spearman_rho(ppls[:, a], ppls[:, b])}
+             for a in range(ppls.shape[1]) for b in range(a + 1, ppls.shape[1])]
+    return {"pairs": pairs, "kendall_tau_mean": float(np.mean([p["kendall_tau"] for p in pairs])),
+            "spearman_rho_mean": float(np.mean([p["spearman_rho"] for p in pairs]))}
+
+
+def _seed_summary(rows, results, cfg: RankConfig) -> dict:
+    """Adds each row's replicas and their mean (the reference) and standard
+    deviation; returns the correlations against the mean, against each replica,
+    and between the replicas."""
+    for r, reps in zip(rows, results):
+        ppls = [x["standalone_ppl"] for x in reps]
+        r["standalone_ppls"], r["standalone_seeds"] = ppls, [x["seed"] for x in reps]
+        r["standalone_train_s"] = [x["train_s"] for x in reps]
+        r["standalone_ppl_mean"], r["standalone_ppl_std"] = float(np.mean(ppls)), float(np.std(ppls, ddof=1))
+    mean = [r["standalone_ppl_mean"] for r in rows]
+    scores = {"inherited": [r["inherited_ppl"] for r in rows]}
+    if "finetuned_ppl" in rows[0]:
+        scores["finetuned"] = [r["finetuned_ppl"] for r in rows]
+    ppls = np.array([r["standalone_ppls"] for r in rows])
+    agreement = replica_agreement(ppls)
+    # The mean pair tau over subnets drawn with replacement (bootstrap_ci resamples index pairs).
+    idx = np.arange(len(rows))
+    agreement["kendall_tau_mean_ci95"] = bootstrap_ci(
+        lambda a, _: replica_agreement(ppls[a.astype(int)])["kendall_tau_mean"], idx, idx,
+        resamples=cfg.bootstrap, seed=cfg.seed)
+    return {
+        "standalone_seeds": cfg.standalone_seeds, "seed_stride": SEED_STRIDE,
+        "reference": "mean over the replicas of each subnet's standalone ppl; "
+                     f"replica r of subnet i seeded seed + i + {SEED_STRIDE} r",
+        **{name: _correlations(x, mean, cfg) for name, x in scores.items()},
+        "tau_and_params": kendall_tau([r["params"] for r in rows], mean),
+        "tau_and_macs": kendall_tau([r["macs_per_token"] for r in rows], mean),
+        "per_replica": [{"replica": k, "seed_offset": SEED_STRIDE * k,
+                         **{name: {"kendall_tau": kendall_tau(x, ppls[:, k]),
+                                   "spearman_rho": spearman_rho(x, ppls[:, k])} for name, x in scores.items()}}
+                        for k in range(cfg.standalone_seeds)],
+        "seed_to_seed": agreement}
 
 
 def _correlations(x, y, cfg: RankConfig) -> dict:
@@ -348,6 +453,8 @@ def _correlation_line(c) -> str:
 
 
 def format_table(rows, summary, cfg: RankConfig) -> str:
+    if "mean_of_seeds" in summary:
+        return _format_seeds_table(rows, summary, cfg)
     ft = summary.get("finetuned")
     lines = [f"{summary['subnets']} subnets with int8 weights <= {cfg.weight_kib:g} KiB in a "
              f"{cfg.mac_band:g}x band of MACs/token; standalone: {summary['standalone_steps']} steps x "
@@ -369,24 +476,91 @@ def format_table(rows, summary, cfg: RankConfig) -> str:
     return "\n".join(lines)
 
 
+def _format_seeds_table(rows, summary, cfg: RankConfig) -> str:
+    """The table of a run with several standalone seeds: the one-seed numbers of
+    before (replica 0), then the same against the mean of the seeds, each replica
+    alone, and the replicas against each other."""
+    ft, m = summary.get("finetuned"), summary["mean_of_seeds"]
+    n, agree = m["standalone_seeds"], m["seed_to_seed"]
+    seeds = lambda k: f"seed {cfg.seed + SEED_STRIDE * k} + i"
+    lines = [f"{summary['subnets']} subnets with int8 weights <= {cfg.weight_kib:g} KiB in a "
+             f"{cfg.mac_band:g}x band of MACs/token; standalone: {summary['standalone_steps']} steps x "
+             f"{summary['standalone_batch']} sequences (supernet: {summary['supernet_steps']} x "
+             f"{summary['supernet_batch']} per subnet), {n} seeds per subnet (replica r of the i-th subnet: "
+             f"seed {cfg.seed} + i + {SEED_STRIDE} r); valid ppl on {cfg.eval_tokens} stratified tokens. "
+             f"The reference is the mean of the {n} seeds' perplexities; 'one seed' is replica 0, "
+             f"the reference of the one-seed runs. Bootstrap over subnets, {cfg.bootstrap} resamples.",
+             "",
+             f"Inherited vs standalone, one seed: {_correlation_line(summary)}. For reference, tau of "
+             f"parameters with standalone ppl {summary['tau_and_params']:.3f}, of MACs "
+             f"{summary['tau_and_macs']:.3f}.",
+             ""]
+    if ft:
+        lines += [f"After fine-tuning the extracted weights {ft['steps']} steps, one seed: "
+                  f"{_correlation_line(ft)}.", ""]
+    lines += [f"Inherited vs the mean of {n} seeds: {_correlation_line(m['inherited'])}. Tau of parameters "
+              f"with it {m['tau_and_params']:.3f}, of MACs {m['tau_and_macs']:.3f}.", ""]
+    if ft:
+        lines += [f"Fine-tuned {ft['steps']} steps vs the mean of {n} seeds: {_correlation_line(m['finetuned'])}.",
+                  ""]
+    lo, hi = agree["kendall_tau_mean_ci95"]
+    lines += [f"Seed to seed (standalone replicas against each other; the noise ceiling of a one-seed "
+              f"reference): Kendall tau {agree['kendall_tau_mean']:.3f} mean over pairs (95% CI {lo:.3f} "
+              f"to {hi:.3f}), Spearman rho {agree['spearman_rho_mean']:.3f}; by pair: "
+              + ", ".join(f"{a}-{b} tau {p['kendall_tau']:.3f} rho {p['spearman_rho']:.3f}"
+                          for p in agree["pairs"] for a, b in [p["replicas"]]) + ".",
+              "",
+              "| reference | inherited tau | inherited rho |" + (" fine-tuned tau | fine-tuned rho |" if ft else ""),
+              "|---|---:|---:|" + ("---:|---:|" if ft else "")]
+    cells = lambda c: " | ".join(f"{c[name][stat]:.3f}" for name in ("inherited", "finetuned")[:1 + bool(ft)]
+                                 for stat in ("kendall_tau", "spearman_rho"))
+    for p in m["per_replica"]:
+        lines.append(f"| replica {p['replica']} ({seeds(p['replica'])}) | {cells(p)} |")
+    lines += [f"| mean of {n} seeds | {cells(m)} |", ""]
+    lines += ["| subnet | params | MACs/token | inherited ppl | " + ("fine-tuned ppl | " if ft else "")
+              + " | ".join(f"standalone ppl, replica {k}" for k in range(n))
+              + f" | standalone ppl, mean ± std of {n} |",
+              "|---|---:|---:|---:|" + ("---:|" if ft else "") + "---:|" * (n + 1)]
+    for r in sorted(rows, key=lambda r: r["standalone_ppl_mean"]):
+        lines.append(f"| `{r['short']}` | {r['params']:,} | {r['macs_per_token']:,.0f} | "
+                     f"{r['inherited_ppl']:.3f} | " + (f"{r['finetuned_ppl']:.3f} | " if ft else "")
+                     + " | ".join(f"{p:.3f}" for p in r["standalone_ppls"])
+                     + f" | {r['standalone_ppl_mean']:.3f} ± {r['standalone_ppl_std']:.3f} |")
+    lines += ["", f"(std: the sample standard deviation over the {n} seeds; rows sorted by the mean.)"]
+    return "\n".join(lines)
+
+
 def _plot(rows, summary, path):
     plt = _pyplot()
     if plt is None:
         return
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    x, y = [r["inherited_ppl"] for r in rows], [r["standalone_ppl"] for r in rows]
+    seeds = summary.get("mean_of_seeds")
+    x = [r["inherited_ppl"] for r in rows]
+    y = [r["standalone_ppl_mean" if seeds else "standalone_ppl"] for r in rows]
+    if seeds:  # the reference is the mean of the seeds; bars: +- one standard deviation
+        ax.errorbar(x, y, yerr=[r["standalone_ppl_std"] for r in rows], fmt="none", ecolor="lightgray")
     sc = ax.scatter(x, y, c=[r["params"] / 1e3 for r in rows], cmap="viridis")
     fig.colorbar(sc, ax=ax, label="parameters (thousands)")
     if "finetuned" in summary:
+        ft = (seeds or summary)["finetuned"]
         ax.scatter([r["finetuned_ppl"] for r in rows], y, facecolors="none", edgecolors="gray",
                    label=f"after a {summary['finetuned']['steps']}-step fine-tune "
-                         f"(tau {summary['finetuned']['kendall_tau']:.2f})")
+                         f"(tau {ft['kendall_tau']:.2f})")
         ax.legend(fontsize=8)
     ax.set_xlabel("from the supernet (filled: inherited): valid ppl")
-    ax.set_ylabel("trained standalone: valid ppl")
-    lo, hi = summary["kendall_tau_ci95"]
-    ax.set_title(f"Kendall tau {summary['kendall_tau']:.2f} [{lo:.2f}, {hi:.2f}], "
-                 f"Spearman rho {summary['spearman_rho']:.2f}", fontsize=9)
+    if seeds:
+        n, c = seeds["standalone_seeds"], seeds["inherited"]
+        ax.set_ylabel(f"trained standalone: valid ppl, mean of {n} seeds")
+        lo, hi = c["kendall_tau_ci95"]
+        ax.set_title(f"vs mean of {n} seeds: Kendall tau {c['kendall_tau']:.2f} [{lo:.2f}, {hi:.2f}], "
+                     f"rho {c['spearman_rho']:.2f}\n(one seed: tau {summary['kendall_tau']:.2f}; seed to seed: "
+                     f"tau {seeds['seed_to_seed']['kendall_tau_mean']:.2f})", fontsize=9)
+    else:
+        ax.set_ylabel("trained standalone: valid ppl")
+        lo, hi = summary["kendall_tau_ci95"]
+        ax.set_title(f"Kendall tau {summary['kendall_tau']:.2f} [{lo:.2f}, {hi:.2f}], "
+                     f"Spearman rho {summary['spearman_rho']:.2f}", fontsize=9)
     ax.grid(alpha=0.3)
     _atomic_savefig(fig, path)
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from search.model.config import ModelConfigError, load_run_config
-from search.model.rank import (RankConfig, bootstrap_ci, kendall_tau, load_rank_config, main, pick_subnets,
-                               run_rank, spearman_rho)
+from search.model.rank import (SEED_STRIDE, RankConfig, bootstrap_ci, kendall_tau, load_rank_config, main,
+                               pick_subnets, replica_seed, run_rank, spearman_rho)
 from search.model.space import count_params, macs_per_token
 from search.model.train import train_supernet
 
@@ -43,7 +43,8 @@ def test_subnets_fit_the_budget_in_a_band_of_macs():
         pick_subnets(space, 10, weight_kib=1, mac_band=2, seed=0)
 
 
-def test_rank_end_to_end_on_a_tiny_supernet(shakespeare, tmp_path, capsys, monkeypatch):
+def _tiny_rank(tmp_path, shakespeare, monkeypatch, extra=""):
+    """A 6-step supernet of a tiny space and a [rank] TOML of 4 subnets for it."""
     (tmp_path / "super.toml").write_text(f"""
 [space]
 context_len = 32
@@ -73,8 +74,13 @@ mac_band = 3
 eval_tokens = 1024
 bootstrap = 50
 out = "{tmp_path / 'rank'}"
-""")
+{extra}""")
     monkeypatch.setattr("search.model.rank.load_corpus", lambda *a, **k: shakespeare)
+    return tmp_path / "rank.toml"
+
+
+def test_rank_end_to_end_on_a_tiny_supernet(shakespeare, tmp_path, capsys, monkeypatch):
+    _tiny_rank(tmp_path, shakespeare, monkeypatch)
     assert main(["--config", str(tmp_path / "rank.toml")]) == 0
     table = capsys.readouterr().out
     assert "Kendall tau" in table and table.count("\n| `L") == 4
@@ -96,6 +102,108 @@ out = "{tmp_path / 'rank'}"
         run_rank(replace(load_rank_config(tmp_path / "rank.toml"), lr=2e-3), quiet=True)
     # Fine-tunes start from the checkpoint, so their results are kept per checkpoint.
     assert len(list((tmp_path / "rank" / "standalone").glob("*.finetune2.*.json"))) == 4
+
+
+def _tau_by_hand(x, y):
+    """Kendall tau of untied data: (concordant - discordant pairs) / pairs, pair by pair."""
+    n, c, d = len(x), 0, 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            c, d = c + ((x[i] - x[j]) * (y[i] - y[j]) > 0), d + ((x[i] - x[j]) * (y[i] - y[j]) < 0)
+    assert c + d == n * (n - 1) // 2, "ties"
+    return (c - d) / (n * (n - 1) / 2)
+
+
+def _rho_by_hand(x, y):
+    """Spearman rho of untied data: 1 - 6 sum d^2 / (n (n^2 - 1))."""
+    rank = lambda v: [sorted(v).index(e) for e in v]
+    n, d2 = len(x), sum((a - b) ** 2 for a, b in zip(rank(x), rank(y)))
+    return 1 - 6 * d2 / (n * (n * n - 1))
+
+
+def test_replica_seeds_are_distinct_and_explicit():
+    seeds = {replica_seed(7, i, r) for i in range(SEED_STRIDE) for r in range(3)}
+    assert len(seeds) == 3 * SEED_STRIDE and replica_seed(7, 3, 0) == 10 and replica_seed(7, 3, 2) == 2010
+    with pytest.raises(ValueError, match="at most 1000 subnets"):
+        RankConfig(subnets=1001, standalone_seeds=2)
+    with pytest.raises(ValueError, match="standalone_seeds must be at least 1"):
+        RankConfig(standalone_seeds=0)
+
+
+def test_standalone_seeds_on_a_tiny_supernet(shakespeare, tmp_path, monkeypatch):
+    cfg = load_rank_config(_tiny_rank(tmp_path, shakespeare, monkeypatch))
+    where = tmp_path / "rank" / "standalone"
+    one = run_rank(cfg, quiet=True)
+    one_json = json.loads((tmp_path / "rank" / "table.json").read_text())
+    # The default, one seed, writes what it wrote before the replicas existed.
+    assert cfg.standalone_seeds == 1 and not list(where.glob("*replica*"))
+    assert set(one) == {"kendall_tau", "kendall_tau_ci95", "spearman_rho", "spearman_rho_ci95", "subnets",
+                        "standalone_steps", "standalone_batch", "supernet_steps", "supernet_batch",
+                        "standalone_lr", "eval_tokens", "checkpoint", "tau_and_params", "tau_and_macs",
+                        "finetuned"}
+    assert set(one_json["rows"][0]) == {"subnet", "key", "standalone_ppl", "train_s", "steps", "batch_size", "lr",
+                                        "tokens", "seed", "inherited_ppl", "params", "macs_per_token", "short",
+                                        "finetuned_ppl"}
+    table = (tmp_path / "rank" / "table.md").read_text()
+    assert "mean" not in table and "replica" not in table and table.count("\n| `L") == 4
+    kept = {p.name: p.stat().st_mtime_ns for p in where.glob("*.json")}
+
+    three = run_rank(replace(cfg, standalone_seeds=3), quiet=True)
+    rows = json.loads((tmp_path / "rank" / "table.json").read_text())["rows"]
+    # Replica 0 is the one-seed run, reused; replicas 1 and 2 are new files with their own seeds.
+    assert {p.name: p.stat().st_mtime_ns for p in where.glob("*.json") if p.name in kept} == kept
+    assert len(list(where.glob("*.replica[12].json"))) == 8 and len(list(where.glob("*.replica[12].pt"))) == 8
+    for i, r in enumerate(rows):
+        files = [where / f"{r['key']}.json"] + [where / f"{r['key']}.replica{k}.json" for k in (1, 2)]
+        reps = [json.loads(f.read_text()) for f in files]
+        assert [x["seed"] for x in reps] == r["standalone_seeds"] == [i, 1000 + i, 2000 + i]
+        ppls = [x["standalone_ppl"] for x in reps]
+        assert r["standalone_ppls"] == ppls and len(set(ppls)) == 3 and r["standalone_ppl"] == ppls[0]
+        assert r["standalone_ppl_mean"] == pytest.approx(sum(ppls) / 3, rel=1e-12)
+        m = sum(ppls) / 3
+        assert r["standalone_ppl_std"] == pytest.approx(math.sqrt(sum((p - m) ** 2 for p in ppls) / 2), rel=1e-12)
+    # The one-seed numbers stay what they were; the new ones are against the mean, each replica, each other.
+    for k in ("kendall_tau", "kendall_tau_ci95", "spearman_rho", "spearman_rho_ci95", "finetuned"):
+        assert three[k] == one[k]
+    seeds = three["mean_of_seeds"]
+    inherited, finetuned = [r["inherited_ppl"] for r in rows], [r["finetuned_ppl"] for r in rows]
+    mean = [r["standalone_ppl_mean"] for r in rows]
+    for name, x in (("inherited", inherited), ("finetuned", finetuned)):
+        assert seeds[name]["kendall_tau"] == pytest.approx(_tau_by_hand(x, mean))
+        assert seeds[name]["spearman_rho"] == pytest.approx(_rho_by_hand(x, mean))
+        lo, hi = seeds[name]["kendall_tau_ci95"]
+        assert -1 <= lo <= hi <= 1
+        for k, p in enumerate(seeds["per_replica"]):
+            y = [r["standalone_ppls"][k] for r in rows]
+            assert p[name]["kendall_tau"] == pytest.approx(_tau_by_hand(x, y))
+            assert p[name]["spearman_rho"] == pytest.approx(_rho_by_hand(x, y))
+    assert seeds["per_replica"][0]["inherited"]["kendall_tau"] == pytest.approx(one["kendall_tau"])
+    agree = seeds["seed_to_seed"]
+    assert [p["replicas"] for p in agree["pairs"]] == [[0, 1], [0, 2], [1, 2]]
+    col = lambda k: [r["standalone_ppls"][k] for r in rows]
+    taus = [_tau_by_hand(col(a), col(b)) for a, b in [(0, 1), (0, 2), (1, 2)]]
+    assert [p["kendall_tau"] for p in agree["pairs"]] == pytest.approx(taus)
+    assert agree["kendall_tau_mean"] == pytest.approx(sum(taus) / 3)
+    assert agree["spearman_rho_mean"] == pytest.approx(
+        sum(_rho_by_hand(col(a), col(b)) for a, b in [(0, 1), (0, 2), (1, 2)]) / 3)
+    table = (tmp_path / "rank" / "table.md").read_text()
+    assert "Inherited vs the mean of 3 seeds" in table and "Seed to seed" in table and "±" in table
+    assert f"one seed: Kendall tau {one['kendall_tau']:.3f}" in table and table.count("\n| `L") == 4
+
+    # Resume: a lost replica is trained again, alone, and comes out the same (its seed is fixed).
+    lost = where / f"{rows[1]['key']}.replica2.json"
+    ppl, lost_seed = json.loads(lost.read_text())["standalone_ppl"], json.loads(lost.read_text())["seed"]
+    lost.unlink()
+    others = {p.name: p.stat().st_mtime_ns for p in where.glob("*.json")}
+    again = run_rank(replace(cfg, standalone_seeds=3), quiet=True)
+    assert {p.name: p.stat().st_mtime_ns for p in where.glob("*.json") if p.name in others} == others
+    assert json.loads(lost.read_text())["standalone_ppl"] == ppl and lost_seed == 2001
+    assert again["mean_of_seeds"]["inherited"] == seeds["inherited"]
+    # A replica trained otherwise (here: under another seed) is an error, not silently reused.
+    stale = json.loads(lost.read_text())
+    lost.write_text(json.dumps({**stale, "seed": 2}))
+    with pytest.raises(ModelConfigError, match=r"replica2\.json was trained with steps, batch, lr, seed"):
+        run_rank(replace(cfg, standalone_seeds=3), quiet=True)
 
 
 def test_a_bad_rank_config_is_one_line(tmp_path, capsys):
