@@ -485,7 +485,7 @@ class CycleModel:
     """Cycles of the image's program without simulating a whole generation.
 
     A position's words are cut into pieces that each start with a word waiting for the
-    engine (a VEC, HALT); such a word leaves no timing state behind, so the pieces' cycles
+    engine (a VEC, HALT); such a word dispatches once all before it is done, so the pieces' cycles
     (:func:`firmware.cycles.straight_line_cycles`, each distinct piece timed once) add up.
     POS enters only through the vector unit's latency (:func:`rtl.isa.vector_op_cycles`:
     SOFTMAX with flags.POS), added per position. :meth:`run_cycles` equals
@@ -518,6 +518,10 @@ class CycleModel:
                 self._cache[key] = cycles.straight_line_cycles(piece_words, self.g, pos=0)
             moving = [w for w in piece_words if w.opcode == Opcode.VEC
                       and w.tag == VecOp.SOFTMAX and w.flags & Flags.POS]
+            # A moving VEC's latency adds to the piece one for one only while the unit,
+            # not the fetch of the next word, is what the next dispatch waits for.
+            assert all(cycles.VEC_DISPATCH_CYCLES + vector_op_cycles(w, self.g, 0)
+                       >= PROGRAM_FETCH_CYCLES + 1 for w in moving)
             out.append((piece, self._cache[key], moving))
         return out
 
@@ -544,8 +548,9 @@ class CycleModel:
             first = words[indices[0]]
             lead = 0
             if first.opcode == Opcode.VEC:
-                lead = min(total, PROGRAM_FETCH_CYCLES + cycles.VEC_DISPATCH_CYCLES
-                           + vector_op_cycles(first, g, pos))
+                # The next word dispatches once the unit is done and the word is fetched.
+                lead = min(total, max(PROGRAM_FETCH_CYCLES + 1, cycles.VEC_DISPATCH_CYCLES
+                                      + vector_op_cycles(first, g, pos)))
             layer, kind = labels[indices[0]]
             bucket = out.setdefault(layer, dict.fromkeys(CATEGORIES, 0))
             bucket[kind] += lead

@@ -4,7 +4,8 @@ It follows the controller (``rtl/controller.py``) event by event: the front end
 fetches each 16-byte instruction word from the host at one byte a cycle and checks
 it (``HOST_FETCH_CYCLES``; a word of program memory in ``PROGRAM_FETCH_CYCLES``), runs loads, stores, SYNC, VEC
 and the rest itself once the matmul engine is idle (SETP, BRANCH and EMIT do not
-wait for it), and hands MATMULs to the engine's one-instruction slot; the engine
+wait for it), starts a VEC and fetches on while the vector unit runs (no word
+dispatches until it is done), and hands MATMULs to the engine's one-instruction slot; the engine
 streams tiles back to back (WS: a tile every max(m, ceil(k / sp_banks)) cycles,
 each reading its own weights beside its first beats; OS keeps the array's result
 chain free). A RUN executes
@@ -38,9 +39,10 @@ __all__ = ["CycleReport", "cycle_report", "run_cycles", "straight_line_cycles", 
            "link_seconds",
            "VEC_DISPATCH_CYCLES"]
 
-# A VEC: the cycles from its dispatch (the engine idle) to the next fetch, beyond the
-# vector unit's own latency (rtl.isa.vector_op_cycles).
-VEC_DISPATCH_CYCLES = 2
+# A VEC: the cycles from its dispatch (the engine idle) to the first cycle in which another
+# word may dispatch, beyond the vector unit's own latency (rtl.isa.vector_op_cycles): the
+# start cycle. The front end fetches the next word from the cycle after the dispatch.
+VEC_DISPATCH_CYCLES = 1
 
 # Host-link frames (rtl/hostlink.py): SOF, seq, len, payload, crc16 to the board;
 # SOF, status, ack, len, data, crc16 back.
@@ -116,6 +118,7 @@ class _Timeline:
         self.start_free = 0         # WS: first cycle the next tile may start (the previous
                                     # one has issued its beats and its weight reads)
         self.last_beat = None       # OS: cycle of the latest last beat
+        self.vu_free = 0            # first cycle a word may dispatch: the vector unit idle
         self.compute = 0
         self.run_start = None
         self.beats = 0
@@ -203,15 +206,15 @@ class _Timeline:
         if op == Opcode.REQUANT:
             return d + 1 + ins.count0 * (self.row_period + 1) if ins.count0 else d + 1
         if op == Opcode.VEC:
-            return d + VEC_DISPATCH_CYCLES + vector_op_cycles(ins, g, self.pos)
-        return d + 1    # NOP
+            self.vu_free = d + VEC_DISPATCH_CYCLES + vector_op_cycles(ins, g, self.pos)
+        return d + 1    # VEC (the front end fetches on while the unit runs), NOP
 
     # -- the host stream
 
     def host(self, ins, payload):
         g = self.g
         self.instructions += 1
-        d = self.t + HOST_FETCH_CYCLES                  # DISPATCH
+        d = max(self.t + HOST_FETCH_CYCLES, self.vu_free)   # DISPATCH
         if not isinstance(ins, Instruction):            # a reserved opcode
             self._fail(ErrorCode.ILLEGAL_OPCODE)
             self.t = self._skip(d, 0, 0)
@@ -292,7 +295,7 @@ class _Timeline:
                 self._fail(ErrorCode.OUT_OF_RANGE)
                 return self._pad(t + 1, owed)
             self.instructions += 1
-            d = t + PROGRAM_FETCH_CYCLES
+            d = max(t + PROGRAM_FETCH_CYCLES, self.vu_free)
             try:
                 word = decode(self.program[pc])
             except ValueError:
@@ -364,8 +367,9 @@ def straight_line_cycles(words, geometry: Geometry, pos: int = 0) -> int:
     RUN at POS ``pos`` (branches not taken, EMITs sending), from the dispatch of the first
     to the dispatch that a next word waiting for the engine (a VEC, HALT) would get.
 
-    A word that waits for the engine leaves no timing state behind, so for pieces that each
-    start with such a word these cycles add up: the model compiler
+    A word that waits for the engine (and, as every word, for the vector unit) dispatches
+    once all before it is done, so nothing earlier bears on what follows it: for pieces that
+    each start with such a word these cycles add up. The model compiler
     (``firmware/compile_model.py``) sums them per position instead of running
     :func:`run_cycles` over a whole generation.
     """
@@ -374,7 +378,7 @@ def straight_line_cycles(words, geometry: Geometry, pos: int = 0) -> int:
     timeline.generate = len(words) + 1      # every EMIT sends
     t = -PROGRAM_FETCH_CYCLES               # the first word dispatches at cycle 0
     for word in words:
-        d = t + PROGRAM_FETCH_CYCLES
+        d = max(t + PROGRAM_FETCH_CYCLES, timeline.vu_free)
         if word.opcode == Opcode.BRANCH:
             t = d + 1
         elif word.opcode == Opcode.EMIT:
@@ -383,7 +387,7 @@ def straight_line_cycles(words, geometry: Geometry, pos: int = 0) -> int:
             t = d + 1
         else:
             t = timeline._common(word, d)
-    return max(t + PROGRAM_FETCH_CYCLES, timeline.idle, timeline.slot_empty)
+    return max(t + PROGRAM_FETCH_CYCLES, timeline.idle, timeline.slot_empty, timeline.vu_free)
 
 
 @dataclass(frozen=True)

@@ -255,7 +255,9 @@ class Controller(wiring.Component):
         if g.tokens:
             m.submodules.tok = tok_mem = Memory(shape=unsigned(16), depth=g.tokens, init=[])
             tok_w = tok_mem.write_port()
-            here, nxt = tok_mem.read_port(), tok_mem.read_port()
+            # TOK[POS + 1] reads through a write in the same cycle: ARGMAX writes it in the
+            # vector unit's last busy cycle, and an EMIT may dispatch in the next.
+            here, nxt = tok_mem.read_port(), tok_mem.read_port(transparent_for=(tok_w,))
             m.d.comb += [here.addr.eq(pos), nxt.addr.eq(pos + 1),
                          tok_here.eq(here.data), tok_next.eq(nxt.data)]
 
@@ -315,6 +317,11 @@ class Controller(wiring.Component):
         vu = self.vector
         vec_busy = Signal()
         vec_start = Signal()
+        # The VEC word the unit runs: the front end fetches, decodes and checks the next
+        # word while the unit is busy, so the unit reads a copy (from the cycle after start,
+        # its first use) rather than ``instr``. No word dispatches while the unit is busy, so
+        # POS, TOK[POS] and the parameters it reads hold still.
+        vec_instr = Signal(INSTRUCTION)
         fe_acc_read = Signal()
         fe_acc_addr = Signal(16)
         fe_sp_read = Signal()
@@ -334,7 +341,9 @@ class Controller(wiring.Component):
         }
         tok_port = {"en": tok_write, "addr": load_addr, "data": loaded(2)}
         if vu is not None:
-            m.d.comb += [vec_busy.eq(vu.busy), vu.start.eq(vec_start), vu.instr.eq(instr),
+            with m.If(vec_start):
+                m.d.sync += vec_instr.eq(instr)
+            m.d.comb += [vec_busy.eq(vu.busy), vu.start.eq(vec_start), vu.instr.eq(vec_instr),
                          vu.pos.eq(pos), vu.tok.eq(tok_here),
                          vu.sp_r0_data.eq(sp.r0_data), vu.sp_r1_data.eq(sp.r1_data),
                          vu.acc_r_data.eq(acc.r0_data)]
@@ -434,7 +443,9 @@ class Controller(wiring.Component):
                              drop_len.eq(payload_len), pad_len.eq(reply_len)]
                 m.next = "DISPATCH"
             with m.State("DISPATCH"):
-                with m.If(skip):
+                with m.If(vec_busy):
+                    pass                # every word waits for the vector unit
+                with m.Elif(skip):
                     with m.If(err_code == 0):
                         m.d.sync += [err_code.eq(error), err_op.eq(instr.as_value()[:8] & 0x1F),
                                      err_word.eq(Mux(in_prog, word, 0xFFFF))]
@@ -507,7 +518,7 @@ class Controller(wiring.Component):
                             m.next = "DROP"
                         with m.Case(Opcode.VEC):
                             m.d.comb += vec_start.eq(1)
-                            m.next = "VEC"
+                            fetch_next()
                         with m.Default():
                             fetch_next()
             with m.State("LOAD"):
@@ -611,10 +622,6 @@ class Controller(wiring.Component):
                     m.d.comb += pad_out.eq(1)
                     with m.If(self.o.ready):
                         m.d.sync += pad_left.eq(pad_left - 1)
-            with m.State("VEC"):
-                # busy is high from the cycle after start for vector_op_cycles cycles.
-                with m.If(~vec_busy):
-                    fetch_next()
         return m
 
     def _error(self, m, instr, in_prog, pos, tok):

@@ -453,7 +453,7 @@ def vector_rows(n: int, cols: int) -> int:
 VEC_DRAIN = {           # pipeline depth of each row pass, in cycles
     "req": 5, "add": 6, "mul": 6, "gelu": 12,
     "softmax_max": 5, "softmax_sum": 10, "softmax_out": 12,
-    "layernorm_sum": 1, "layernorm_var": 4, "layernorm_out": 10,
+    "layernorm_sum": 1, "layernorm_var": 4, "layernorm_out": 11,
     "argmax": 1,
 }
 VEC_DIV_STEPS = {"softmax": 19, "mean": 32, "var": 31, "inv": 32}  # quotient bits

@@ -345,7 +345,7 @@ class VectorUnit(wiring.Component):
                     m.d.comb += rq_in.eq(g8)
             if has("layernorm_out"):
                 G = delay(buf1_lane[l], 4, f"ln_g_l{l}_")
-                Bt = delay(buf2_lane[l], 5, f"ln_b_l{l}_")
+                Bt = delay(buf2_lane[l], 6, f"ln_b_l{l}_")
                 diff2 = s("ln_diff2", signed(34))
                 m.d.sync += diff2.eq(a1 - mean)
                 v3 = s("ln_v3", signed(16))
@@ -355,21 +355,26 @@ class VectorUnit(wiring.Component):
                 red_sum_v.append(Mux(tag_mask[4][l], mp4, 0))
                 # z * G on one 32 x 18 multiplier: whichever factor fits 18 bits takes the
                 # narrow side; when neither does, |z * G| >= 2**34 saturates whatever beta is.
+                # Stage 5 registers the chosen factors, so that the selection logic and the
+                # route to the multiplier (a DSP the placer may put far from the lane: 5.7 ns
+                # there and 4.9 ns back in one route, docs/fpga.md) do not share a cycle.
                 z4 = mp4[16:48].as_signed()
                 g_narrow, z_narrow = fits(G[4], 18), fits(z4, 18)
-                wide = s("ln_wide", signed(32))
-                narrow = s("ln_narrow", signed(18))
-                m.d.comb += [wide.eq(Mux(g_narrow, z4, G[4])),
-                             narrow.eq(Mux(g_narrow, G[4][:18], z4[:18]))]
-                pg5 = s("ln_pg5", signed(51))
-                with m.If(g_narrow | z_narrow):
-                    m.d.sync += pg5.eq(wide * narrow)
+                wide = s("ln_wide5", signed(32))
+                narrow = s("ln_narrow5", signed(18))
+                fit5, neg5 = s("ln_fit5", 1), s("ln_neg5", 1)
+                m.d.sync += [wide.eq(Mux(g_narrow, z4, G[4])),
+                             narrow.eq(Mux(g_narrow, G[4][:18], z4[:18])),
+                             fit5.eq(g_narrow | z_narrow), neg5.eq(z4[31] ^ G[4][31])]
+                pg6 = s("ln_pg6", signed(51))
+                with m.If(fit5):
+                    m.d.sync += pg6.eq(wide * narrow)
                 with m.Else():
-                    m.d.sync += pg5.eq(Mux(z4[31] ^ G[4][31], -(1 << 40), 1 << 40))
-                w6 = s("ln_w6", signed(32))
-                m.d.sync += w6.eq(_sat(pg5 + Bt[5], 32))
+                    m.d.sync += pg6.eq(Mux(neg5, -(1 << 40), 1 << 40))
+                w7 = s("ln_w7", signed(32))
+                m.d.sync += w7.eq(_sat(pg6 + Bt[6], 32))
                 with m.If(is_kind("layernorm_out")):
-                    m.d.comb += rq_in.eq(w6)
+                    m.d.comb += rq_in.eq(w7)
             if has("layernorm_sum"):
                 red_sum_x.append(Mux(tag_mask[1][l], a1, 0))
 

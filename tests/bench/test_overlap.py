@@ -38,7 +38,8 @@ def test_independent_vectors_queue_on_the_unit():
     a, b = add(0, 100), add(200, 300)
     # The second issues at ISSUE, but the unit is busy until the first is done.
     assert decoupled_cycles([a, b], G) == vec_len(a) + vec_len(b)
-    assert decoupled_cycles([a, b], G) < straight_line_cycles([a, b], G)
+    # The RTL's front end runs ahead of the vector unit too: the same cycles.
+    assert decoupled_cycles([a, b], G) == straight_line_cycles([a, b], G)
 
 
 def test_a_vector_waits_for_the_matmul_it_reads_and_not_for_others():

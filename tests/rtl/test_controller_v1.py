@@ -11,7 +11,8 @@ import random
 from firmware.cycles import cycle_report
 from firmware.functional import FunctionalBackend
 from firmware.program import reply_bytes
-from rtl.isa import Geometry, Instruction, Opcode, Flags, Branch, VecOp, ErrorCode, encode
+from rtl.isa import (Geometry, Instruction, Opcode, Flags, Branch, VecOp, ErrorCode, encode,
+                     vector_op_cycles)
 from rtl.top import Accelerator
 from tests.rtl.streams import run_stream
 
@@ -162,6 +163,43 @@ def test_documented_latencies():
         return cycles(g, Instruction(Opcode.STORE, count0=rows, flags=flags), reply=n)
     assert store(3, Flags.REQUANT) - store(2, Flags.REQUANT) == g.cols + 9
     assert store(3, 0) - store(2, 0) == g.acc_row_bytes + 1
+
+
+def test_the_front_end_fetches_while_the_vector_unit_runs():
+    """docs/rtl.md ("Controller v1"): a VEC's next word is fetched, decoded and checked while
+    the unit is busy and dispatches in the first cycle the unit is idle again, 1 + N cycles
+    after the VEC (N = vector_op_cycles), or after its own fetch (5 cycles) if that is
+    later. Measured on the RTL."""
+    g = Geometry(rows=8, cols=8, scratchpad_kib=1, accumulator_kib=1, program_kib=1, tokens=8,
+                 units=("elementwise",))
+    long = Instruction(Opcode.VEC, tag=VecOp.ADD, addr0=0, addr1=8, count0=32, mult=1)
+    short = Instruction(Opcode.VEC, tag=VecOp.COPY_ACC, addr0=0, addr2=8, count0=1)
+    halt = Instruction(Opcode.HALT)
+
+    def run_words(*words):
+        words += (halt,) * (3 - len(words))     # the same program length: the same load
+        return run_stream(Accelerator(g), encode(Instruction(Opcode.LOAD_PROG, count0=len(words)))
+                          + b"".join(encode(w) for w in words)
+                          + encode(Instruction(Opcode.RUN, count0=1, count1=1)) + bytes(2), 2)[1]
+    n_long, n_short = vector_op_cycles(long, g), vector_op_cycles(short, g)
+    assert 1 + n_long > 5
+    assert run_words(long, long, halt) - run_words(long, halt) == 1 + n_long
+    assert run_words(long, short, halt) - run_words(long, halt) == max(5, 1 + n_short)
+
+
+def test_emit_right_after_argmax_sends_the_new_token():
+    """ARGMAX writes TOK[POS+1] in the unit's last busy cycle and an EMIT may dispatch in the
+    next one (its fetch ran beside the unit): the EMIT must send the new id, as the
+    interpreter does."""
+    g = Geometry(rows=2, cols=2, scratchpad_kib=0.25, accumulator_kib=0.25, banks=2,
+                 program_kib=0.25, tokens=8, units=("argmax",))
+    scores = [5, -3, 9, 9, 2, 11, -7, 0]            # the max, 11, at index 5
+    rows = b"".join(v.to_bytes(4, "little", signed=True) for v in scores)
+    argmax = Instruction(Opcode.VEC, tag=VecOp.ARGMAX, addr0=0, count0=len(scores))
+    words = [argmax, Instruction(Opcode.EMIT), Instruction(Opcode.HALT)]
+    reply = run(g, [(Instruction(Opcode.LOAD_ACC, count0=len(scores) // 2), rows),
+                    load_prog(words), (Instruction(Opcode.RUN, count0=1, count1=1), tokens(3))])
+    assert reply == tokens(5)
 
 
 def test_the_dispatch_check_sees_the_tokens_and_pos_of_its_word():
