@@ -5,8 +5,8 @@
 
 Today the controller runs one instruction stream in order: a VEC (and every
 other word but MATMUL, SETP, BRANCH and EMIT) waits until the matmul engine is
-idle, and the front end fetches nothing while the vector unit is busy
-(``docs/rtl.md``, "Controller v1"). This benchmark takes the shipped model's
+idle, and no word dispatches while the vector unit is busy, though the front end
+fetches the next one meanwhile (``docs/rtl.md``, "Controller v1"). This benchmark takes the shipped model's
 program (``firmware/compile_model.py``) and times one position two ways:
 
 * **serial**: ``firmware.cycles.straight_line_cycles``, the cycle model that
@@ -65,11 +65,15 @@ def decoupled_cycles(words, g, pos: int = 0, *, fetch_only: bool = False) -> int
     return _decoupled(words, g, pos, fetch_only)[0]
 
 
+def _vec_cycles(ins, g, pos: int) -> int:
+    """Cycles a VEC holds the vector unit: its start cycle and its latency."""
+    return cycles.VEC_DISPATCH_CYCLES + vector_op_cycles(ins, g, pos)
+
+
 def vector_busy(words, g, pos: int = 0) -> int:
     """Cycles the vector unit is busy (dispatch and latency of every VEC): no overlap with
     the engine can take a position below this."""
-    return sum(cycles.VEC_DISPATCH_CYCLES + vector_op_cycles(w, g, pos)
-               for w in words if w.opcode == Opcode.VEC)
+    return sum(_vec_cycles(w, g, pos) for w in words if w.opcode == Opcode.VEC)
 
 
 def _decoupled(words, g, pos, fetch_only=False):
@@ -89,8 +93,7 @@ def _decoupled(words, g, pos, fetch_only=False):
             finish = max(engine.idle, engine.slot_empty)
         elif op in (Opcode.VEC, Opcode.SETP):
             start = max(ready, vu_free)
-            finish = start + (cycles.VEC_DISPATCH_CYCLES + vector_op_cycles(ins, g, pos)
-                              if op == Opcode.VEC else 1)
+            finish = start + (_vec_cycles(ins, g, pos) if op == Opcode.VEC else 1)
             vu_free = finish
         elif op == Opcode.EMIT:
             start = max(ready, ser_free)

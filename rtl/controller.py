@@ -375,8 +375,9 @@ class Controller(wiring.Component):
         # decision's path: DECODE registers the products (and divisions by cols), CHECK
         # the verdict. Exact, as nothing they read changes from DECODE to DISPATCH: POS,
         # the tokens, in_prog and the sticky error change only in DISPATCH, LOAD (a RUN's
-        # tokens, whose last write lands in PFETCH), PFETCH and VEC, which all end in a
-        # fetch first; TOK[POS] is read a cycle ahead, so it holds from DECODE on.
+        # tokens, whose last write lands in PFETCH) and PFETCH, which all end in a fetch
+        # first; a running VEC writes TOK[POS + 1] only (ARGMAX), which the check does not
+        # read; TOK[POS] is read a cycle ahead, so it holds from DECODE on.
         error_now = Signal(8)
         m.d.comb += error_now.eq(self._error(m, instr, in_prog, pos, tok_here))
         status_or_reset = ~in_prog & ((op == Opcode.STATUS) | (op == Opcode.RESET))
