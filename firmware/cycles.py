@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import math
 
 from rtl.isa import (Geometry, Opcode, Flags, Branch, ErrorCode, INSTRUCTION_BYTES,
-                     REQUANT_LATENCY, WRITEBACK_STAGES, HOST_FETCH_CYCLES,
+                     REQUANT_LATENCY, WRITEBACK_STAGES, SP_READ_LATENCY, HOST_FETCH_CYCLES,
                      PROGRAM_FETCH_CYCLES, decode,
                      instruction_error, vector_op_cycles, Instruction, encode)
 from rtl.hostlink import MAX_PAYLOAD
@@ -105,10 +105,13 @@ class _Timeline:
     def __init__(self, g: Geometry):
         self.g = g
         rows, cols = g.rows, g.cols
+        # After the last beat: the scratchpad's read latency beyond one cycle, the array,
+        # the write-back (OS: and the result chain).
+        read = SP_READ_LATENCY - 1
         if g.dataflow == "ws":
-            self.drain = g.array_latency + WRITEBACK_STAGES     # after the last beat
+            self.drain = read + g.array_latency + WRITEBACK_STAGES
         else:
-            self.drain = g.array_latency + rows - 1 + WRITEBACK_STAGES   # + the result chain
+            self.drain = read + g.array_latency + rows - 1 + WRITEBACK_STAGES
         self.row_period = cols + 2 + REQUANT_LATENCY    # ACC_READ, ACC_WAIT, LANES, FLUSH -> EMIT
         self.t = 0                  # cycle at which the front end enters a fetch state
         self.ser_free = 0           # first cycle the reply serializer is free
@@ -255,7 +258,7 @@ class _Timeline:
                 self.t = d + 1
                 return
             for _ in range(rows_n):
-                e = max(s + 1, self.ser_free)
+                e = max(s + SP_READ_LATENCY, self.ser_free)    # SP_READ (, SP_WAIT)
                 self._reply(e, g.sp_row_bytes)
                 s = e + 1
             self.t = s

@@ -28,7 +28,7 @@ from amaranth.lib.memory import Memory
 
 from .isa import (Geometry, INSTRUCTION, INSTRUCTION_BYTES, Opcode, Flags, REQUANT_LATENCY,
                   WRITEBACK_STAGES, HOST_ONLY, PROGRAM_ONLY, NUM_PARAMS, VecOp, VEC_UNIT, Branch,
-                  ErrorCode)
+                  ErrorCode, SP_READ_LATENCY)
 from .requant import Requantizer
 from .resetless import data_signal
 
@@ -91,14 +91,28 @@ class Controller(wiring.Component):
         sp_r1_en = Signal()
         sp_r1_addr = Signal(16)
 
-        # One register stage between the scratchpad read and the array input.
+        # One register stage between the scratchpad read and the array input, and
+        # SP_READ_LATENCY - 1 more: the scratchpad registers its rows before the bank
+        # multiplexer (rtl/memory.py), so the array's inputs take the control signals
+        # that go with a read ``late`` by as many cycles.
+        assert sp.latency == SP_READ_LATENCY
+        extra = sp.latency - 1
+
+        def late(value, shape=None):
+            for k in range(extra):
+                reg = Signal(shape if shape is not None else value.shape(),
+                             name=f"{Value.cast(value).name}_late{k + 1}")
+                m.d.sync += reg.eq(value)
+                value = reg
+            return value
+
         a_valid = Signal()
         a_first = Signal()
         a_last = Signal()
         a_k = Signal(16)
         tag_layout = data.StructLayout({"addr": 16, "m": 16, "accumulate": 1})
         a_tag = Signal(tag_layout)
-        m.d.comb += arr.in_tag.eq(a_tag)
+        m.d.comb += arr.in_tag.eq(late(a_tag, tag_layout))
         m.d.sync += a_valid.eq(streaming)
 
         if g.dataflow == "ws":
@@ -117,8 +131,8 @@ class Controller(wiring.Component):
             m.d.comb += [
                 sp_r1_addr.eq(cur.addr1 + (w_chunk << log_b)),
                 sp_r1_en.eq(w_reading),
-                arr.w_load.eq(w_write),
-                arr.w_chunk.eq(w_written),
+                arr.w_load.eq(late(w_write)),
+                arr.w_chunk.eq(late(w_written)),
             ]
             for o in range(W):
                 for j in range(cols):
@@ -147,10 +161,11 @@ class Controller(wiring.Component):
                 a_tag.addr.eq(cur.addr2 + beat),
                 a_tag.accumulate.eq(cur.flags[0]),
             ]
-            m.d.comb += [arr.in_valid.eq(a_valid), arr.in_swap.eq(a_first)]
+            m.d.comb += [arr.in_valid.eq(late(a_valid)), arr.in_swap.eq(late(a_first))]
+            a_k_late = late(a_k)
             for i in range(rows):
-                m.d.comb += arr.in_a[i].eq(Mux(i < a_k, sp.r0_data[i * iw:(i + 1) * iw], 0))
-            drain_after_beat = latency + WRITEBACK_STAGES
+                m.d.comb += arr.in_a[i].eq(Mux(i < a_k_late, sp.r0_data[i * iw:(i + 1) * iw], 0))
+            drain_after_beat = latency + extra + WRITEBACK_STAGES
         else:
             last_beat = streaming & (beat == cur.count1 - 1)
             spacing = arr.os_spacing
@@ -171,12 +186,13 @@ class Controller(wiring.Component):
                 a_tag.m.eq(cur.count0),
                 a_tag.accumulate.eq(cur.flags[0]),
             ]
-            m.d.comb += [arr.in_valid.eq(a_valid), arr.in_first.eq(a_first), arr.in_last.eq(a_last)]
+            m.d.comb += [arr.in_valid.eq(late(a_valid)), arr.in_first.eq(late(a_first)),
+                         arr.in_last.eq(late(a_last))]
             for i in range(rows):
                 m.d.comb += arr.in_a[i].eq(sp.r0_data[i * iw:(i + 1) * iw])
             for j in range(cols):
                 m.d.comb += arr.in_b[j].eq(sp.r1_data[j * iw:(j + 1) * iw])
-            drain_after_beat = latency + rows - 1 + WRITEBACK_STAGES
+            drain_after_beat = latency + extra + rows - 1 + WRITEBACK_STAGES
 
         engine_read_a = Signal()
         m.d.comb += engine_read_a.eq(streaming)
@@ -590,7 +606,10 @@ class Controller(wiring.Component):
                         m.next = "ACC_READ"
             with m.State("SP_READ"):
                 m.d.comb += fe_sp_read.eq(1)
-                m.next = "SP_EMIT"
+                m.next = "SP_WAIT" if extra else "SP_EMIT"
+            if extra:
+                with m.State("SP_WAIT"):       # the scratchpad's registered read (rtl/memory.py)
+                    m.next = "SP_EMIT"
             with m.State("SP_EMIT"):
                 with m.If(ser_free):
                     m.d.comb += [ser_load.eq(1), ser_data.eq(sp.r0_data),

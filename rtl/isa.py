@@ -113,7 +113,7 @@ from amaranth.lib import data, enum
 __all__ = [
     "Opcode", "Flags", "VecOp", "Branch", "ErrorCode", "Param", "UNITS", "VEC_UNIT",
     "HOST_ONLY", "NUM_PARAMS", "INSTRUCTION", "INSTRUCTION_BYTES", "Instruction",
-    "encode", "decode", "Geometry", "REQUANT_LATENCY", "WRITEBACK_STAGES",
+    "encode", "decode", "Geometry", "REQUANT_LATENCY", "WRITEBACK_STAGES", "SP_READ_LATENCY",
     "PROGRAM_ONLY", "HOST_FETCH_CYCLES", "PROGRAM_FETCH_CYCLES", "MEMORIES", "memory_depth", "footprint",
     "instruction_error", "vector_rows",
 ]
@@ -121,6 +121,10 @@ __all__ = [
 # Timing contract: the RTL is built from these and firmware/cycles.py models them.
 REQUANT_LATENCY = 6   # registered stages of the requantizer (one lane a cycle)
 WRITEBACK_STAGES = 3  # accumulator read-modify-write after a result row leaves the array
+# Cycles from a scratchpad read to its row on the port: the block RAM's read, then a
+# register per bank before the bank multiplexer (rtl/memory.py), so that the block RAM's
+# 5.8 ns clock-to-out and the multiplexer never share a cycle (docs/fpga.md).
+SP_READ_LATENCY = 2
 INSTRUCTION_BYTES = 16
 # Cycles from a fetch state to DISPATCH. A host word: INSTRUCTION_BYTES cycles, one a
 # byte, then DECODE and CHECK, which register the instruction's error check in two
@@ -451,7 +455,8 @@ def vector_rows(n: int, cols: int) -> int:
 # pipeline in cols / vector_lanes cycles, and reads the next row while the
 # previous one is still in the pipeline; after the last row the pipeline drains.
 VEC_DRAIN = {           # pipeline depth of each row pass, in cycles
-    "req": 5, "add": 6, "mul": 6, "gelu": 12,
+    # mul and gelu take scratchpad rows, SP_READ_LATENCY - 1 cycles later than the others'
+    "req": 5, "add": 6, "mul": 5 + SP_READ_LATENCY, "gelu": 11 + SP_READ_LATENCY,
     "softmax_max": 5, "softmax_sum": 10, "softmax_out": 12,
     "layernorm_sum": 1, "layernorm_var": 4, "layernorm_out": 11,
     "argmax": 1,
@@ -512,12 +517,16 @@ def vector_op_cycles(instruction: Instruction, geometry: Geometry, pos: int = 0)
                 + divide("inv") + row_pass(3, rows, "layernorm_out"))
     if op == VecOp.ARGMAX:
         return setup + row_pass(1, rows, "argmax") + 1
+    # EMBED, PUT_COL and the copies: an element (a row) a cycle, then the pipeline: the
+    # scratchpad's read latency (SP_READ_LATENCY), and PUT_COL's and the copies' written
+    # row is registered first. COPY_ACC keeps COPY_SP's pipeline (its row is registered
+    # once more), so both copies forward from the same three rows ahead.
     if op == VecOp.EMBED:
-        return setup + VEC_ADDR_SETUP_CYCLES + n + 3
-    if op == VecOp.PUT_COL:                     # the written row is registered first
-        return setup + VEC_ADDR_SETUP_CYCLES + n + 2
+        return setup + VEC_ADDR_SETUP_CYCLES + n + SP_READ_LATENCY + 2
+    if op == VecOp.PUT_COL:
+        return setup + VEC_ADDR_SETUP_CYCLES + n + SP_READ_LATENCY + 1
     assert op in (VecOp.COPY_ACC, VecOp.COPY_SP)
-    return setup + n + 2                        # read, register, write
+    return setup + n + SP_READ_LATENCY + 1      # read, (wait), register, write
 
 
 __all__ += ["vector_op_cycles", "VEC_DRAIN", "VEC_DIV_STEPS", "VEC_SQRT_STEPS",

@@ -10,6 +10,12 @@ bank: rows ``addr .. addr + banks - 1`` are in banks ``addr % banks``, ...
 (rotated), and bank ``b`` reads its row ``addr // banks``, plus one if ``b``
 comes before ``addr % banks``. An unaligned ``addr`` only rotates the outputs.
 The WS weight path reads a tile this way (``rtl/controller.py``).
+
+With ``latency=2`` each bank's read data is registered before the bank
+multiplexer (and the wide port's rotation): a read returns its row two cycles
+after it is issued, and the block RAM's clock-to-out (5.8 ns on the ECP5) no
+longer shares a cycle with the multiplexer and what the row feeds. The
+scratchpad is built this way (``rtl.isa.SP_READ_LATENCY``).
 """
 
 import operator
@@ -19,14 +25,17 @@ from amaranth.lib import wiring, data
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .resetless import data_signal
+
 __all__ = ["BankedMemory"]
 
 
 class BankedMemory(wiring.Component):
     """``depth`` rows of ``width`` bits in ``banks`` banks.
 
-    One write port and ``read_ports`` read ports. A read returns its row one
-    cycle after ``r{n}_en`` with ``r{n}_addr``; with ``transparent=True`` a read
+    One write port and ``read_ports`` read ports. A read returns its row
+    ``latency`` (1 or 2) cycles after ``r{n}_en`` with ``r{n}_addr``, and the row
+    stays on the port until the next read's arrives; with ``transparent=True`` a read
     of the row being written in the same cycle returns the new data (the
     accumulator's read-modify-write relies on it). The ports named in
     ``wide_ports`` also return ``r{n}_rows``: rows ``addr`` to
@@ -41,12 +50,17 @@ class BankedMemory(wiring.Component):
     """
 
     def __init__(self, *, width, depth, banks=1, read_ports=1, transparent=False,
-                 wide_ports=()):
+                 wide_ports=(), latency=1):
         self.width = operator.index(width)
         self.depth = operator.index(depth)
         self.banks = operator.index(banks)
         self.read_ports = operator.index(read_ports)
         self.transparent = bool(transparent)
+        self.latency = operator.index(latency)
+        if self.latency not in (1, 2):
+            raise ValueError(f"latency must be 1 or 2, not {self.latency!r}")
+        if self.latency == 2 and self.transparent:
+            raise ValueError("a transparent read (the accumulator's) needs latency 1")
         if self.banks not in (1, 2, 4, 8):
             raise ValueError(f"banks must be 1, 2, 4 or 8, not {self.banks!r}")
         if self.depth < self.banks or self.depth % self.banks:
@@ -95,13 +109,24 @@ class BankedMemory(wiring.Component):
                     m.d.comb += [rp.addr.eq(r_local + (r_bank > b)), rp.en.eq(en)]
                 else:
                     m.d.comb += [rp.addr.eq(r_local), rp.en.eq(en & (r_bank == b))]
-                readers[n].append(rp.data)
+                if self.latency == 2:
+                    # Free-running: the block RAM holds its output between reads, and so
+                    # does this register, a cycle later.
+                    q = data_signal(self.width, name=f"r{n}_bank{b}_q")
+                    m.d.sync += q.eq(rp.data)
+                    readers[n].append(q)
+                else:
+                    readers[n].append(rp.data)
         for n in range(self.read_ports):
             en, addr, data = self.read_port(n)
             r_bank, _ = split(addr)
             last_bank = Signal.like(r_bank, name=f"r{n}_last_bank")
             with m.If(en):
                 m.d.sync += last_bank.eq(r_bank)
+            if self.latency == 2:
+                bank_q = Signal.like(r_bank, name=f"r{n}_last_bank_q")
+                m.d.sync += bank_q.eq(last_bank)
+                last_bank = bank_q
             if n in self.wide_ports:
                 # Output o is bank (last_bank + o) % banks: a barrel rotation, one stage of
                 # 2:1 muxes per bit of last_bank. Each bank's data then feeds two muxes,

@@ -8,7 +8,7 @@ testbench drives these two streams.
 from amaranth import *
 from amaranth.lib import wiring
 
-from .isa import Geometry
+from .isa import Geometry, SP_READ_LATENCY
 from .array import SystolicArray
 from .memory import BankedMemory
 from .requant import Requantizer
@@ -38,7 +38,7 @@ class Accelerator(wiring.Component):
         g = self.geometry
         m.submodules.scratchpad = scratchpad = BankedMemory(
             width=g.sp_lanes * g.input_width, depth=g.sp_depth, banks=g.sp_banks, read_ports=2,
-            wide_ports=(1,) if g.dataflow == "ws" else ())
+            wide_ports=(1,) if g.dataflow == "ws" else (), latency=SP_READ_LATENCY)
         m.submodules.accumulator = accumulator = BankedMemory(
             width=g.cols * g.acc_width, depth=g.acc_depth, banks=g.banks, read_ports=1,
             transparent=True)

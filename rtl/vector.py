@@ -52,7 +52,7 @@ from amaranth.lib.wiring import In, Out
 
 from .intmath import IExp, const_mul
 from .isa import (Geometry, INSTRUCTION, NUM_PARAMS, VecOp, Flags, Param, VEC_DRAIN,
-                  VEC_DIV_STEPS, VEC_SQRT_STEPS, VEC_ADDR_SETUP_CYCLES)
+                  VEC_DIV_STEPS, VEC_SQRT_STEPS, VEC_ADDR_SETUP_CYCLES, SP_READ_LATENCY)
 from .resetless import data_signal
 
 __all__ = ["VectorUnit"]
@@ -131,8 +131,10 @@ class VectorUnit(wiring.Component):
 
     Addresses are 16-bit row numbers; the controller connects their low bits
     to the memories. The enables are low whenever ``busy`` is low, so the
-    controller may OR them with its own or mux on ``busy``. Reads have one
-    cycle of latency, and the unit relies on a read port's data *holding*
+    controller may OR them with its own or mux on ``busy``. Accumulator reads
+    have one cycle of latency, scratchpad reads ``SP_READ_LATENCY`` (two: the
+    scratchpad registers its rows before the bank multiplexer,
+    ``rtl/memory.py``), and the unit relies on a read port's data *holding*
     while its ``en`` is low (as ``lib.memory`` read ports and ``BankedMemory``
     do): nothing else may read those ports while the unit is busy. Nothing
     relies on read-during-write behaviour (the copies forward their own rows).
@@ -223,17 +225,28 @@ class VectorUnit(wiring.Component):
         with m.If(latch == 2):
             m.d.sync += buf2.eq(self.acc_r_data)
 
-        def lanes_of(value, width):
-            """The L lanes of ``width`` bits that the lane cycle ``step`` takes."""
+        def lanes_of(value, width, at=step):
+            """The L lanes of ``width`` bits that the lane cycle ``at`` takes."""
             value = value[:cols * width]
-            group = value.word_select(step, L * width) if S > 1 else value
+            group = value.word_select(at, L * width) if S > 1 else value
             return [group[l * width:(l + 1) * width].as_signed() for l in range(L)]
 
         acc_lane = lanes_of(self.acc_r_data, 32)
         buf1_lane = lanes_of(buf1, 32)
         buf2_lane = lanes_of(buf2, 32)
-        sp0_lane = lanes_of(self.sp_r0_data, 8)
-        sp1_lane = lanes_of(self.sp_r1_data, 8)
+        # A scratchpad row reaches the port SP_READ_LATENCY - 1 cycles after an
+        # accumulator row would: MUL and GELU take their lanes that much after the lane
+        # cycle (sp_step), and their pipelines are as much deeper (VEC_DRAIN). The row
+        # holds on the port for the lane cycles of its row, shifted alike: the next
+        # row's read (READ) comes after them and arrives as late.
+        sp_late = SP_READ_LATENCY - 1
+        sp_step = step
+        for k in range(sp_late if S > 1 else 0):
+            reg = Signal.like(step, name=f"sp_step{k + 1}")
+            m.d.sync += reg.eq(sp_step)
+            sp_step = reg
+        sp0_lane = lanes_of(self.sp_r0_data, 8, sp_step)
+        sp1_lane = lanes_of(self.sp_r1_data, 8, sp_step)
 
         # Tags travel with the lanes: stage k is the lane cycle's value k cycles later.
         lane_cycle = Signal()
@@ -539,10 +552,18 @@ class VectorUnit(wiring.Component):
         lane_mux8 = lambda value, lane: value[:cols * 8].word_select(lane, 8).as_signed() \
             if cols > 1 else value[:8].as_signed()
         if "embed" in units:
-            e1 = Signal(data.StructLayout({"valid": 1, "last": 1, "lane": range(cols), "row": 16}))
+            # e_read: the element's rows are read; e1: they are on the ports (e_read is
+            # e1 unless the scratchpad's read latency puts stages between them).
+            e_layout = data.StructLayout({"valid": 1, "last": 1, "lane": range(cols), "row": 16})
+            e_chain = [Signal(e_layout, name=f"e_read{k}") for k in range(sp_late)]
+            e1 = Signal(e_layout)
             e2 = Signal.like(e1)
             e3 = Signal.like(e1)
-            m.d.sync += [e1.valid.eq(0), e2.eq(e1), e3.eq(e2),
+            e_chain.append(e1)
+            e_read = e_chain[0]
+            m.d.sync += [e_read.valid.eq(0), e2.eq(e1), e3.eq(e2)]
+            m.d.sync += [later.eq(earlier) for earlier, later in zip(e_chain, e_chain[1:])]
+            m.d.sync += [
                          emb_a2.eq(lane_mux8(self.sp_r0_data, t_rem)),
                          emb_b2.eq(lane_mux8(self.sp_r1_data, p_rem))]
             plo3, phi3 = emb_products
@@ -561,13 +582,19 @@ class VectorUnit(wiring.Component):
         if "elementwise" in units:
             # The merged row is registered before it is written: block RAM data never
             # goes straight back into block RAM (a path across the die on the 85F).
-            pv = Signal()          # the element's rows are on the read ports
+            # p_read: the element's rows are read, with their lane and destination;
+            # p_on: they are on the read ports (sp_late cycles later).
+            p_layout = data.StructLayout({"valid": 1, "lane": range(cols), "addr": 16})
+            p_chain = [Signal(p_layout, name=f"p_stage{k}") for k in range(sp_late + 1)]
+            p_read, p_on = p_chain[0], p_chain[-1]
+            pv = p_on.valid
             pw = Signal()          # the merged row is written
-            p_lane = Signal(range(cols))
-            p_addr = Signal(16)
+            p_lane = p_on.lane
+            p_addr = p_on.addr
             p_waddr = Signal(16)
             p_row = data_signal(g.sp_width)
-            m.d.sync += [pv.eq(0), pw.eq(pv)]
+            m.d.sync += [p_read.valid.eq(0), pw.eq(pv)]
+            m.d.sync += [later.eq(earlier) for earlier, later in zip(p_chain, p_chain[1:])]
             with m.If(pv):
                 src = lane_mux8(self.sp_r0_data, p_lane)
                 old = self.sp_r1_data
@@ -579,24 +606,37 @@ class VectorUnit(wiring.Component):
                 m.d.comb += [self.sp_w_en.eq(1), self.sp_w_addr.eq(p_waddr),
                              self.sp_w_data.eq(p_row)]
             # ------------------------------------ COPY_ACC, COPY_SP: a row a cycle
-            # A row is read (A), arrives on the port and is registered (B), and is written
-            # from the register (C), so no block RAM output drives a block RAM input.
-            # Copies go row by row, in order: a row whose source is the destination of
-            # one of the two rows ahead of it (in B or C when it is read: not written yet,
-            # or written in that very cycle) takes that row's data, the nearer one first.
-            cv = Signal()          # B holds a row
+            # A row is read (A), waits for the scratchpad's registered read (sp_late
+            # stages W), arrives on the port and is registered (B), and is written from the
+            # register (C), so no block RAM output drives a block RAM input. COPY_ACC's
+            # row, a cycle early on its port, is registered as often (acc_late) so both
+            # copies share the pipeline. Copies go row by row, in order: a row whose
+            # source is the destination of one of the rows ahead of it (in W, B or C when
+            # it is read: not written yet, or written in that very cycle) takes that
+            # row's data, the nearest first: c_hist[j] holds the data of the row j + 1
+            # ahead when the row reaches B.
+            ahead_n = sp_late + 2
+            c_layout = data.StructLayout({"valid": 1, "addr": 16, "fwd": ahead_n})
+            c_stage = [Signal(c_layout, name=f"c_stage{j}") for j in range(sp_late + 1)]
+            c_b = c_stage[-1]      # B: the row is on the port
             cw = Signal()          # C holds a row
-            c_addr = Signal(16)    # B's destination
             c_waddr = Signal(16)   # C's destination
-            c_fwd1 = Signal()      # B's row takes C's data
-            c_fwd2 = Signal()      # B's row takes the data C held a cycle ago
-            c_data = data_signal(g.acc_row_width)
-            c_prev = data_signal(g.acc_row_width)
-            m.d.sync += [cv.eq(0), cw.eq(cv), c_prev.eq(c_data)]
-            c_port = Mux(ins.tag == VecOp.COPY_SP, self.sp_r0_data, self.acc_r_data)
-            with m.If(cv):
-                m.d.sync += [c_data.eq(Mux(c_fwd1, c_data, Mux(c_fwd2, c_prev, c_port))),
-                             c_waddr.eq(c_addr)]
+            c_hist = [data_signal(g.acc_row_width, name=f"c_hist{j}") for j in range(ahead_n)]
+            m.d.sync += [c_stage[0].valid.eq(0), cw.eq(c_b.valid)]
+            m.d.sync += [later.eq(earlier) for earlier, later in zip(c_stage, c_stage[1:])]
+            m.d.sync += [later.eq(earlier) for earlier, later in zip(c_hist, c_hist[1:])]
+            acc_late = self.acc_r_data
+            for k in range(sp_late):
+                reg = data_signal(g.acc_row_width, name=f"c_acc{k + 1}")
+                m.d.sync += reg.eq(acc_late)
+                acc_late = reg
+            c_port = Mux(ins.tag == VecOp.COPY_SP, self.sp_r0_data, acc_late)
+            c_data = c_hist[0]
+            with m.If(c_b.valid):
+                choice = c_port
+                for j in reversed(range(ahead_n)):
+                    choice = Mux(c_b.fwd[j], c_hist[j], choice)
+                m.d.sync += [c_data.eq(choice), c_waddr.eq(c_b.addr)]
             with m.If(cw):
                 with m.If(ins.tag == VecOp.COPY_SP):
                     m.d.comb += [self.sp_w_en.eq(1), self.sp_w_addr.eq(c_waddr),
@@ -797,13 +837,14 @@ class VectorUnit(wiring.Component):
                     with m.If(ei < n16):
                         m.d.comb += [self.sp_r0_en.eq(1), self.sp_r0_addr.eq(ins.addr0 + t_off + ei),
                                      self.sp_r1_en.eq(1), self.sp_r1_addr.eq(ins.addr1 + p_off + ei)]
-                        m.d.sync += [e1.valid.eq(1), e1.lane.eq(e_lane), e1.row.eq(e_row),
-                                     e1.last.eq((e_lane == cols - 1) | (ei == n16 - 1))]
+                        m.d.sync += [e_read.valid.eq(1), e_read.lane.eq(e_lane),
+                                     e_read.row.eq(e_row),
+                                     e_read.last.eq((e_lane == cols - 1) | (ei == n16 - 1))]
                         with m.If(e_lane == cols - 1):
                             m.d.sync += [e_lane.eq(0), e_row.eq(e_row + 1)]
                         with m.Else():
                             m.d.sync += e_lane.eq(e_lane + 1)
-                    with m.If(ei == n16 + 2):
+                    with m.If(ei == n16 + 2 + sp_late):
                         m.next = "IDLE"
             if "elementwise" in units:
                 with m.State("PUT"):
@@ -811,12 +852,13 @@ class VectorUnit(wiring.Component):
                     with m.If(ei < n16):
                         m.d.comb += [self.sp_r0_en.eq(1), self.sp_r0_addr.eq(ins.addr0 + e_row),
                                      self.sp_r1_en.eq(1), self.sp_r1_addr.eq(ins.addr1 + p_off + ei)]
-                        m.d.sync += [pv.eq(1), p_lane.eq(e_lane), p_addr.eq(ins.addr1 + p_off + ei)]
+                        m.d.sync += [p_read.valid.eq(1), p_read.lane.eq(e_lane),
+                                     p_read.addr.eq(ins.addr1 + p_off + ei)]
                         with m.If(e_lane == cols - 1):
                             m.d.sync += [e_lane.eq(0), e_row.eq(e_row + 1)]
                         with m.Else():
                             m.d.sync += e_lane.eq(e_lane + 1)
-                    with m.If(ei == n16 + 1):
+                    with m.If(ei == n16 + 1 + sp_late):
                         m.next = "IDLE"
 
                 with m.State("COPY"):
@@ -829,10 +871,10 @@ class VectorUnit(wiring.Component):
                         with m.Else():
                             m.d.comb += [self.acc_r_en.eq(1), self.acc_r_addr.eq(src)]
                             m.d.sync += dst.eq(dst + 1)
-                        m.d.sync += [cv.eq(1), c_addr.eq(dst),
-                                     c_fwd1.eq(cv & (c_addr == src)),
-                                     c_fwd2.eq(cw & (c_waddr == src))]
-                    with m.If(ei == n16 + 1):
+                        ahead = [(st.valid, st.addr) for st in c_stage] + [(cw, c_waddr)]
+                        m.d.sync += [c_stage[0].valid.eq(1), c_stage[0].addr.eq(dst),
+                                     c_stage[0].fwd.eq(Cat(*[v & (a == src) for v, a in ahead]))]
+                    with m.If(ei == n16 + 1 + sp_late):
                         m.next = "IDLE"
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
         return m

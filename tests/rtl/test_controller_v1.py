@@ -151,7 +151,7 @@ def test_documented_latencies():
                       Instruction(Opcode.RUN, count0=1, count1=1), payload=bytes(2), reply=2)
     assert run_nops(5) - run_nops(4) == 5                   # PROGRAM_FETCH_CYCLES + dispatch
 
-    for dataflow, busy in (("ws", 24), ("os", 31)):
+    for dataflow, busy in (("ws", 25), ("os", 32)):
         g = Geometry(rows=8, cols=8, dataflow=dataflow, scratchpad_kib=1, accumulator_kib=1)
         one_beat = Instruction(Opcode.MATMUL, count0=1, count1=1)
         # SYNC waits for the engine: it dispatches `busy` cycles after the MATMUL did,
