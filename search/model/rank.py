@@ -678,7 +678,7 @@ def pool_tables(dirs, *, bootstrap: int = 2000, seed: int = 0) -> dict:
                "subnets_per_set": [len(t["rows"]) for t in tables],
                "standalone_seeds_per_set": [t["summary"].get("mean_of_seeds", {}).get("standalone_seeds", 1)
                                             for t in tables],
-               "reference": "each subnet's mean of its standalone seeds (its one seed where it has one)",
+               "reference_is": "each subnet's mean of its standalone seeds (its one seed where it has one)",
                **{k: first[k] for k in POOL_MUST_AGREE}}
     if finetuned:
         summary["finetune"] = {k: v for k, v in fts[0].items() if k in ("steps", "lr", "seeds")}
@@ -701,7 +701,7 @@ def format_pool(pooled) -> str:
              + ", ".join(f"set {k}: {d}, {n} subnets, {m} standalone seed(s) each"
                          for k, (d, n, m) in enumerate(zip(s["sets"], s["subnets_per_set"],
                                                            s["standalone_seeds_per_set"])))
-             + f"); one supernet ({s['checkpoint']}); reference: {s['reference']}. "
+             + f"); one supernet ({s['checkpoint']}); reference: {s['reference_is']}. "
                f"Bootstrap over the pooled subnets.", ""]
     for n in names:
         lines.append(f"Pooled, {label(n)} vs the reference: {_correlation_line(s['reference'][n])}.")
@@ -713,7 +713,9 @@ def format_pool(pooled) -> str:
                      + " | ".join(f"{p[n]['kendall_tau']:.3f} | {p[n]['spearman_rho']:.3f}" for n in names) + " |")
     lines.append(f"| pooled | {s['subnets']} | " + " | ".join(
         f"{s['reference'][n]['kendall_tau']:.3f} | {s['reference'][n]['spearman_rho']:.3f}" for n in names) + " |")
-    lines += ["", "| set | subnet | inherited ppl | " + ("fine-tuned ppl | " if "finetuned" in names else "")
+    lines += ["", f"(Per set: against its own reference, no intervals. Pooled, one discordant pair moves tau "
+                  f"by {4 / (s['subnets'] * (s['subnets'] - 1)):.3f}.)", ""]
+    lines += ["| set | subnet | inherited ppl | " + ("fine-tuned ppl | " if "finetuned" in names else "")
               + "reference ppl |", "|---:|---|---:|" + ("---:|" if "finetuned" in names else "") + "---:|"]
     for r in sorted(rows, key=_reference):
         lines.append(f"| {r['set']} | `{r['short']}` | {r['inherited_ppl']:.3f} | "
