@@ -14,9 +14,13 @@ the output directory, and one ``standalone/<key>.json`` (and ``.pt``) per
 trained subnet: rerunning skips the subnets already trained, so an
 interrupted run resumes (a finished run whose steps, batch, learning rate or
 seed differ from the config's is an error, not reused). Fine-tune results
-(``<key>.finetune<steps>.<checkpoint sha256>.json``) are kept per supernet
-checkpoint, since they start from its weights. ``--standalone-only`` stops after the standalone
-training (the supernet need not exist yet).
+(``<key>.finetune<steps>.<checkpoint sha256>.json``; ``.lr<rate>`` and
+``.replica<r>`` before the digest for another peak rate than the supernet's and
+for the further fine-tunes of ``finetune_seeds``) are kept per supernet
+checkpoint, since they start from its weights, and record their steps, rate,
+warmup, batch and seed: one made otherwise than the config asks is an error.
+``--standalone-only`` stops after the standalone training (the supernet need
+not exist yet).
 
 One standalone run per subnet is a noisy reference: with ``standalone_seeds
 = n`` > 1 each subnet is also trained with n - 1 more seeds
@@ -30,6 +34,10 @@ before.
 
 Exit status: 0 done, 2 a bad config or a missing checkpoint (one line on
 stderr), 130 interrupted.
+
+``--pool DIR_A DIR_B ... --out DIR`` instead pools finished runs' tables (disjoint
+subnet sets ranked with one supernet, e.g. the set a proxy was chosen on and a
+held-out set) into one ranking: see :func:`pool_tables`.
 """
 
 import argparse
@@ -61,7 +69,8 @@ from .train import (CHECKPOINT, _atomic_save, _atomic_savefig, _atomic_write, _l
 
 __all__ = ["RankConfig", "load_rank_config", "pick_subnets", "kendall_tau", "spearman_rho",
            "bootstrap_ci", "SEED_STRIDE", "replica_seed", "replica_stem", "replica_agreement",
-           "train_standalone", "run_rank", "main"]
+           "FINETUNE_SEED_BASE", "finetune_seed", "finetune_stem", "train_standalone", "run_rank",
+           "pool_tables", "run_pool", "main"]
 
 
 SEED_STRIDE = 1000
@@ -73,6 +82,29 @@ keeps the seeds of the one-seed runs (their caches stay valid), and no two runs 
 def replica_seed(seed: int, subnet: int, replica: int) -> int:
     """The standalone seed of replica ``replica`` of the ``subnet``-th drawn subnet."""
     return seed + subnet + SEED_STRIDE * replica
+
+
+FINETUNE_SEED_BASE = 100 * SEED_STRIDE
+"""Fine-tune replicas ``r >= 1`` are seeded past every standalone replica's seed (up to 100
+standalone replicas), so that no fine-tune shares its batch order with a standalone run
+beyond replica 0's, which keeps the seed the first fine-tunes used."""
+
+
+def finetune_seed(seed: int, subnet: int, replica: int) -> int:
+    """The seed (batch order) of fine-tune replica ``replica`` of the ``subnet``-th drawn
+    subnet: ``seed + subnet`` for replica 0 (the one-fine-tune seed of before, which is
+    also standalone replica 0's), ``seed + subnet + FINETUNE_SEED_BASE + SEED_STRIDE * r``
+    after."""
+    return seed + subnet + (FINETUNE_SEED_BASE + SEED_STRIDE * replica if replica else 0)
+
+
+def finetune_stem(key: str, steps: int, replica: int, lr: float | None, digest: str) -> str:
+    """File stem of a fine-tune's result in ``standalone/``: ``<key>.finetune<steps>.<digest>``
+    for replica 0 at the supernet's peak rate (``lr`` None; the name of before, so those
+    results are reused), with ``.lr<lr>`` and ``.replica<r>`` inserted before the digest
+    (the checkpoint's) otherwise."""
+    return (f"{key}.finetune{steps}" + (f".lr{lr:g}" if lr is not None else "")
+            + (f".replica{replica}" if replica else "") + f".{digest}")
 
 
 def replica_stem(key: str, replica: int) -> str:
@@ -100,6 +132,12 @@ class RankConfig:
     finetune_steps : when > 0, each subnet's extracted weights are also
         fine-tuned this many steps (the supernet's batch and peak learning rate,
         10% warmup, cosine) and the correlation reported before and after.
+    finetune_seeds : fine-tunes per subnet (>= 1), each from the same extracted
+        weights with its own batch order (:func:`finetune_seed`); the fine-tuned
+        score is the mean of their perplexities, which averages out the noise of
+        one fine-tune's batch order.
+    finetune_lr : the fine-tunes' peak learning rate (0 = the supernet's, as
+        before; the floor is the supernet's ``min_lr`` or this rate if lower).
     eval_tokens : validation tokens (stratified over the split) per score.
     bootstrap : bootstrap resamples for the confidence intervals.
     threads : torch threads per worker.
@@ -120,6 +158,8 @@ class RankConfig:
     batch_size: int = 0
     lr: float = 0.0
     finetune_steps: int = 0
+    finetune_seeds: int = 1
+    finetune_lr: float = 0.0
     eval_tokens: int = 65536
     bootstrap: int = 2000
     threads: int = 1
@@ -129,8 +169,9 @@ class RankConfig:
     def __post_init__(self):
         if self.subnets < 3:
             raise ValueError(f"subnets must be at least 3, not {self.subnets!r}")
-        if not 0 <= self.lr <= 1:
-            raise ValueError(f"lr must be in [0, 1], not {self.lr!r}")
+        for name in ("lr", "finetune_lr"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in [0, 1], not {getattr(self, name)!r}")
         if self.weight_kib <= 0 or self.mac_band < 1:
             raise ValueError("weight_kib must be positive and mac_band at least 1")
         for name in ("steps", "batch_size", "finetune_steps", "eval_tokens", "bootstrap", "threads", "seed"):
@@ -138,9 +179,15 @@ class RankConfig:
                 raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)!r}")
         if self.standalone_seeds < 1:
             raise ValueError(f"standalone_seeds must be at least 1, not {self.standalone_seeds!r}")
-        if self.standalone_seeds > 1 and self.subnets > SEED_STRIDE:
-            raise ValueError(f"standalone_seeds > 1 takes at most {SEED_STRIDE} subnets (their seeds "
-                             f"would collide), not {self.subnets!r}")
+        if self.finetune_seeds < 1:
+            raise ValueError(f"finetune_seeds must be at least 1, not {self.finetune_seeds!r}")
+        if self.standalone_seeds > 100:
+            raise ValueError(f"standalone_seeds must be at most 100 (the fine-tunes' seeds lie past "
+                             f"them), not {self.standalone_seeds!r}")
+        for name in ("standalone_seeds", "finetune_seeds"):
+            if getattr(self, name) > 1 and self.subnets > SEED_STRIDE:
+                raise ValueError(f"{name} > 1 takes at most {SEED_STRIDE} subnets (their seeds "
+                                 f"would collide), not {self.subnets!r}")
 
 
 def load_rank_config(path) -> RankConfig:
@@ -365,22 +412,7 @@ def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False
     summary["tau_and_params"] = kendall_tau([r["params"] for r in rows], y)
     summary["tau_and_macs"] = kendall_tau([r["macs_per_token"] for r in rows], y)
     if cfg.finetune_steps:
-        ft_cfg = replace(run.train, warmup_steps=max(1, cfg.finetune_steps // 10))
-        # A fine-tune starts from the checkpoint's weights: its result is kept per checkpoint.
-        digest = hashlib.sha256((pathlib.Path(checkpoint) / CHECKPOINT).read_bytes()).hexdigest()[:16]
-        for i, (s, r) in enumerate(zip(subs, rows)):
-            path = where / f"{s.key()}.finetune{cfg.finetune_steps}.{digest}.json"
-            if not path.exists():
-                t0 = time.perf_counter()
-                model = train_standalone(s, corpus.train, steps=cfg.finetune_steps, batch_size=batch,
-                                         train_cfg=ft_cfg, seed=cfg.seed + i, model=net.extract(s))
-                ppl = math.exp(nll(model, None, corpus.valid, max_tokens=cfg.eval_tokens))
-                _atomic_write(path, json.dumps({"finetuned_ppl": ppl, "seconds": time.perf_counter() - t0}))
-            r["finetuned_ppl"] = json.loads(path.read_text())["finetuned_ppl"]
-            say(f"fine-tuned {cfg.finetune_steps} steps: ppl {r['inherited_ppl']:.3f} -> "
-                f"{r['finetuned_ppl']:.3f} {s.short()}")
-        summary["finetuned"] = {"steps": cfg.finetune_steps,
-                                **_correlations([r["finetuned_ppl"] for r in rows], y, cfg)}
+        summary["finetuned"] = _finetune(cfg, net, subs, rows, corpus, run.train, batch, checkpoint, where, say)
     if cfg.standalone_seeds > 1:
         summary["mean_of_seeds"] = _seed_summary(rows, results, cfg)
     _atomic_write(out / "table.json", json.dumps({"summary": summary, "rows": rows}, indent=2) + "\n")
@@ -390,6 +422,61 @@ def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False
         "config": {k: getattr(cfg, k) for k in RankConfig.__dataclass_fields__},
         "git_commit": git_commit(), "versions": versions(), "summary": summary}, indent=2) + "\n")
     return summary
+
+
+def _finetune(cfg: RankConfig, net, subs, rows, corpus, train_cfg, batch, checkpoint, where, say) -> dict:
+    """Fine-tunes each subnet's extracted weights ``cfg.finetune_seeds`` times (cached
+    per replica and checkpoint, see :func:`finetune_stem`), sets each row's
+    ``finetuned_ppl`` (the mean over the replicas; with several, also
+    ``finetuned_ppls``) and returns the summary's ``finetuned`` entry. Defaults
+    (one fine-tune at the supernet's rate) write what was written before."""
+    steps, k = cfg.finetune_steps, cfg.finetune_seeds
+    ft_cfg = replace(train_cfg, warmup_steps=max(1, steps // 10))
+    ft_cfg = _standalone_train(ft_cfg, cfg.finetune_lr)
+    # The name carries the rate only where it is not the supernet's (the files of before).
+    tag = ft_cfg.lr if ft_cfg.lr != train_cfg.lr else None
+    # A fine-tune starts from the checkpoint's weights: its result is kept per checkpoint.
+    digest = hashlib.sha256((pathlib.Path(checkpoint) / CHECKPOINT).read_bytes()).hexdigest()[:16]
+    for i, (s, r) in enumerate(zip(subs, rows)):
+        ppls = []
+        for rep in range(k):
+            path = where / f"{finetune_stem(s.key(), steps, rep, tag, digest)}.json"
+            seed = finetune_seed(cfg.seed, i, rep)
+            asked = {"steps": steps, "lr": ft_cfg.lr, "warmup_steps": ft_cfg.warmup_steps, "batch_size": batch,
+                     "seed": seed}
+            if not path.exists():
+                t0 = time.perf_counter()
+                model = train_standalone(s, corpus.train, steps=steps, batch_size=batch,
+                                         train_cfg=ft_cfg, seed=seed, model=net.extract(s))
+                ppl = math.exp(nll(model, None, corpus.valid, max_tokens=cfg.eval_tokens))
+                _atomic_write(path, json.dumps({"finetuned_ppl": ppl, "seconds": time.perf_counter() - t0,
+                                                **asked}))
+            done = json.loads(path.read_text())
+            # Results from before these fields were recorded are taken at their word.
+            had = {name: done.get(name, v) for name, v in asked.items()}
+            if had != asked:
+                raise ModelConfigError(f"{path} was fine-tuned with {had}, not {asked}; use another out")
+            ppls.append(done["finetuned_ppl"])
+        r["finetuned_ppl"] = float(np.mean(ppls)) if k > 1 else ppls[0]
+        if k > 1:
+            r["finetuned_ppls"], r["finetune_seeds"] = ppls, [finetune_seed(cfg.seed, i, j) for j in range(k)]
+        say(f"fine-tuned {steps} steps" + (f" (mean of {k})" if k > 1 else "")
+            + f": ppl {r['inherited_ppl']:.3f} -> {r['finetuned_ppl']:.3f} {s.short()}")
+    y = [r["standalone_ppl"] for r in rows]
+    result = {"steps": steps, **_correlations([r["finetuned_ppl"] for r in rows], y, cfg)}
+    if tag is not None:
+        result["lr"] = ft_cfg.lr
+    if k > 1:
+        # How well one fine-tune ranks the subnets as another does: the score's own noise.
+        result["seeds"] = k
+        result["seed_to_seed"] = replica_agreement([r["finetuned_ppls"] for r in rows])
+    return result
+
+
+def _finetune_label(ft) -> str:
+    """'120 steps', with the rate and the number of fine-tunes averaged where not the defaults."""
+    return (f"{ft['steps']} steps" + (f" at peak rate {ft['lr']:g}" if "lr" in ft else "")
+            + (f", mean of {ft['seeds']} fine-tune seeds" if "seeds" in ft else ""))
 
 
 def replica_agreement(ppls) -> dict:
@@ -466,7 +553,8 @@ def format_table(rows, summary, cfg: RankConfig) -> str:
              f"{summary['tau_and_params']:.3f}, of MACs {summary['tau_and_macs']:.3f}.",
              ""]
     if ft:
-        lines += [f"After fine-tuning the extracted weights {ft['steps']} steps: {_correlation_line(ft)}.", ""]
+        lines += [f"After fine-tuning the extracted weights {_finetune_label(ft)}: {_correlation_line(ft)}.", ""]
+        lines += _finetune_noise_lines(ft)
     lines += ["| subnet | params | MACs/token | inherited ppl | " + ("fine-tuned ppl | " if ft else "")
               + "standalone ppl |", "|---|---:|---:|---:|" + ("---:|" if ft else "") + "---:|"]
     for r in sorted(rows, key=lambda r: r["standalone_ppl"]):
@@ -474,6 +562,14 @@ def format_table(rows, summary, cfg: RankConfig) -> str:
                      f"{r['inherited_ppl']:.3f} | " + (f"{r['finetuned_ppl']:.3f} | " if ft else "")
                      + f"{r['standalone_ppl']:.3f} |")
     return "\n".join(lines)
+
+
+def _finetune_noise_lines(ft) -> list:
+    if "seed_to_seed" not in ft:
+        return []
+    a = ft["seed_to_seed"]
+    return [f"Fine-tune seed to fine-tune seed (the fine-tuned score's own noise): Kendall tau "
+            f"{a['kendall_tau_mean']:.3f} mean over pairs, Spearman rho {a['spearman_rho_mean']:.3f}.", ""]
 
 
 def _format_seeds_table(rows, summary, cfg: RankConfig) -> str:
@@ -496,13 +592,14 @@ def _format_seeds_table(rows, summary, cfg: RankConfig) -> str:
              f"{summary['tau_and_macs']:.3f}.",
              ""]
     if ft:
-        lines += [f"After fine-tuning the extracted weights {ft['steps']} steps, one seed: "
+        lines += [f"After fine-tuning the extracted weights {_finetune_label(ft)}, one seed: "
                   f"{_correlation_line(ft)}.", ""]
+        lines += _finetune_noise_lines(ft)
     lines += [f"Inherited vs the mean of {n} seeds: {_correlation_line(m['inherited'])}. Tau of parameters "
               f"with it {m['tau_and_params']:.3f}, of MACs {m['tau_and_macs']:.3f}.", ""]
     if ft:
-        lines += [f"Fine-tuned {ft['steps']} steps vs the mean of {n} seeds: {_correlation_line(m['finetuned'])}.",
-                  ""]
+        lines += [f"Fine-tuned {_finetune_label(ft)} vs the mean of {n} seeds: "
+                  f"{_correlation_line(m['finetuned'])}.", ""]
     lo, hi = agree["kendall_tau_mean_ci95"]
     lines += [f"Seed to seed (standalone replicas against each other; the noise ceiling of a one-seed "
               f"reference): Kendall tau {agree['kendall_tau_mean']:.3f} mean over pairs (95% CI {lo:.3f} "
@@ -528,6 +625,112 @@ def _format_seeds_table(rows, summary, cfg: RankConfig) -> str:
                      + f" | {r['standalone_ppl_mean']:.3f} ± {r['standalone_ppl_std']:.3f} |")
     lines += ["", f"(std: the sample standard deviation over the {n} seeds; rows sorted by the mean.)"]
     return "\n".join(lines)
+
+
+# --- pooling tables -----------------------------------------------------------------------
+
+POOL_MUST_AGREE = ("standalone_steps", "standalone_batch", "standalone_lr", "eval_tokens", "checkpoint")
+"""Summary fields that tables must share to be pooled: subnets scored by one supernet
+against standalone runs trained and evaluated alike."""
+
+
+def _reference(row) -> float:
+    """A row's standalone reference: the mean of its seeds where it has several."""
+    return row.get("standalone_ppl_mean", row["standalone_ppl"])
+
+
+def pool_tables(dirs, *, bootstrap: int = 2000, seed: int = 0) -> dict:
+    """Pools the ``table.json`` of several ranking runs (e.g. the subnet set a proxy
+    was chosen on and a held-out set) into one ranking over all their subnets:
+    Kendall tau-b and Spearman rho of the inherited and (where every table has the
+    same fine-tune) fine-tuned scores against each row's reference (the mean of its
+    standalone seeds, or its one seed), with percentile bootstrap intervals over the
+    pooled subnets; also against replica 0 alone (one seed for every subnet) and,
+    for comparison, each table's own figures. Returns ``{"summary", "rows"}``; the
+    rows carry ``set`` (the index of their table)."""
+    if len(dirs) < 2:
+        raise ModelConfigError("--pool takes at least two ranking output directories")
+    tables = []
+    for d in dirs:
+        path = pathlib.Path(d) / "table.json"
+        if not path.exists():
+            raise ModelConfigError(f"{path} does not exist; run the ranking check for {d} first")
+        tables.append(json.loads(path.read_text()))
+    first = tables[0]["summary"]
+    for d, t in zip(dirs[1:], tables[1:]):
+        had = {k: t["summary"][k] for k in POOL_MUST_AGREE}
+        want = {k: first[k] for k in POOL_MUST_AGREE}
+        if had != want:
+            raise ModelConfigError(f"{d} was ranked with {had}, {dirs[0]} with {want}: not poolable")
+    fts = [t["summary"].get("finetuned") for t in tables]
+    ft_key = lambda f: f and (f["steps"], f.get("lr"), f.get("seeds", 1))
+    finetuned = fts[0] is not None and len({ft_key(f) for f in fts}) == 1
+    rows = [{**r, "set": k} for k, t in enumerate(tables) for r in t["rows"]]
+    keys = [r["key"] for r in rows]
+    if len(set(keys)) != len(keys):
+        raise ModelConfigError("a subnet is in more than one table; pool disjoint subnet sets")
+    cfg = RankConfig(bootstrap=bootstrap, seed=seed)
+    scores = {"inherited": [r["inherited_ppl"] for r in rows]}
+    if finetuned:
+        scores["finetuned"] = [r["finetuned_ppl"] for r in rows]
+    refs = {"reference": [_reference(r) for r in rows], "replica0": [r["standalone_ppl"] for r in rows]}
+    summary = {"sets": [str(d) for d in dirs], "subnets": len(rows),
+               "subnets_per_set": [len(t["rows"]) for t in tables],
+               "standalone_seeds_per_set": [t["summary"].get("mean_of_seeds", {}).get("standalone_seeds", 1)
+                                            for t in tables],
+               "reference_is": "each subnet's mean of its standalone seeds (its one seed where it has one)",
+               **{k: first[k] for k in POOL_MUST_AGREE}}
+    if finetuned:
+        summary["finetune"] = {k: v for k, v in fts[0].items() if k in ("steps", "lr", "seeds")}
+    for ref, y in refs.items():
+        summary[ref] = {name: _correlations(x, y, cfg) for name, x in scores.items()}
+    summary["per_set"] = [
+        {name: {"kendall_tau": kendall_tau(x, y), "spearman_rho": spearman_rho(x, y)}
+         for name in scores
+         for x, y in [([r[f"{name}_ppl"] for r in t["rows"]], [_reference(r) for r in t["rows"]])]}
+        for t in tables]
+    return {"summary": summary, "rows": rows}
+
+
+def format_pool(pooled) -> str:
+    s, rows = pooled["summary"], pooled["rows"]
+    names = [n for n in ("inherited", "finetuned") if n in s["reference"]]
+    ft = s.get("finetune")
+    label = lambda n: n if n == "inherited" else f"fine-tuned {_finetune_label(ft)}"
+    lines = [f"{s['subnets']} subnets pooled from {len(s['sets'])} ranking runs ("
+             + ", ".join(f"set {k}: {d}, {n} subnets, {m} standalone seed(s) each"
+                         for k, (d, n, m) in enumerate(zip(s["sets"], s["subnets_per_set"],
+                                                           s["standalone_seeds_per_set"])))
+             + f"); one supernet ({s['checkpoint']}); reference: {s['reference_is']}. "
+               f"Bootstrap over the pooled subnets.", ""]
+    for n in names:
+        lines.append(f"Pooled, {label(n)} vs the reference: {_correlation_line(s['reference'][n])}.")
+        lines.append(f"Pooled, {label(n)} vs replica 0 (one seed each): {_correlation_line(s['replica0'][n])}.")
+    lines += ["", "| set | subnets | " + " | ".join(f"{n} tau | {n} rho" for n in names) + " |",
+              "|---|---:|" + "---:|---:|" * len(names)]
+    for k, p in enumerate(s["per_set"]):
+        lines.append(f"| {k}: {s['sets'][k]} | {s['subnets_per_set'][k]} | "
+                     + " | ".join(f"{p[n]['kendall_tau']:.3f} | {p[n]['spearman_rho']:.3f}" for n in names) + " |")
+    lines.append(f"| pooled | {s['subnets']} | " + " | ".join(
+        f"{s['reference'][n]['kendall_tau']:.3f} | {s['reference'][n]['spearman_rho']:.3f}" for n in names) + " |")
+    lines += ["", f"(Per set: against its own reference, no intervals. Pooled, one discordant pair moves tau "
+                  f"by {4 / (s['subnets'] * (s['subnets'] - 1)):.3f}.)", ""]
+    lines += ["| set | subnet | inherited ppl | " + ("fine-tuned ppl | " if "finetuned" in names else "")
+              + "reference ppl |", "|---:|---|---:|" + ("---:|" if "finetuned" in names else "") + "---:|"]
+    for r in sorted(rows, key=_reference):
+        lines.append(f"| {r['set']} | `{r['short']}` | {r['inherited_ppl']:.3f} | "
+                     + (f"{r['finetuned_ppl']:.3f} | " if "finetuned" in names else "") + f"{_reference(r):.3f} |")
+    return "\n".join(lines)
+
+
+def run_pool(dirs, out, *, bootstrap: int = 2000, seed: int = 0) -> dict:
+    """:func:`pool_tables`, written as ``table.json`` and ``table.md`` into ``out``."""
+    pooled = pool_tables(dirs, bootstrap=bootstrap, seed=seed)
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "table.json", json.dumps(pooled, indent=2) + "\n")
+    _atomic_write(out / "table.md", format_pool(pooled) + "\n")
+    return pooled
 
 
 def _plot(rows, summary, path):
@@ -568,13 +771,21 @@ def _plot(rows, summary, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m search.model.rank",
                                      description="Check the supernet's ranking against standalone training.")
-    parser.add_argument("--config", required=True, help="TOML with a [rank] table; see configs/rank_default.toml")
+    parser.add_argument("--config", help="TOML with a [rank] table; see configs/rank_default.toml")
     parser.add_argument("--out", help="output directory (overrides [rank] out)")
     parser.add_argument("--workers", type=int, default=1, help="standalone trainings at once (processes)")
     parser.add_argument("--standalone-only", action="store_true", help="stop after the standalone training")
+    parser.add_argument("--pool", nargs="+", metavar="DIR",
+                        help="instead: pool the table.json of these ranking outputs into --out")
     args = parser.parse_args(argv)
+    if bool(args.pool) == bool(args.config) or (args.pool and not args.out):
+        parser.error("give --config, or --pool DIR DIR ... with --out")
 
     def work():
+        if args.pool:
+            run_pool(args.pool, args.out)
+            print((pathlib.Path(args.out) / "table.md").read_text())
+            return
         cfg = load_rank_config(args.config)
         if args.out:
             cfg = replace(cfg, out=args.out)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from search.model.config import ModelConfigError, load_run_config
-from search.model.rank import (SEED_STRIDE, RankConfig, bootstrap_ci, kendall_tau, load_rank_config, main,
-                               pick_subnets, replica_seed, run_rank, spearman_rho)
+from search.model.rank import (FINETUNE_SEED_BASE, SEED_STRIDE, RankConfig, bootstrap_ci, finetune_seed,
+                               finetune_stem, kendall_tau, load_rank_config, main, pick_subnets, pool_tables,
+                               replica_seed, run_rank, spearman_rho)
 from search.model.space import count_params, macs_per_token
 from search.model.train import train_supernet
 
@@ -204,6 +205,141 @@ def test_standalone_seeds_on_a_tiny_supernet(shakespeare, tmp_path, monkeypatch)
     lost.write_text(json.dumps({**stale, "seed": 2}))
     with pytest.raises(ModelConfigError, match=r"replica2\.json was trained with steps, batch, lr, seed"):
         run_rank(replace(cfg, standalone_seeds=3), quiet=True)
+
+
+def test_finetune_seeds_are_distinct_and_explicit():
+    # Replica 0 keeps the seed of the one fine-tune of before (standalone replica 0's);
+    # later replicas share no seed with any standalone replica or with each other.
+    assert finetune_seed(7, 3, 0) == 10 == replica_seed(7, 3, 0)
+    assert finetune_seed(7, 3, 1) == 7 + 3 + 100_000 + 1000 and FINETUNE_SEED_BASE == 100 * SEED_STRIDE
+    standalone = {replica_seed(0, i, r) for i in range(SEED_STRIDE) for r in range(100)}
+    tunes = {finetune_seed(0, i, r) for i in range(SEED_STRIDE) for r in range(1, 4)}
+    assert len(tunes) == 3 * SEED_STRIDE and not tunes & standalone
+    assert finetune_stem("k", 120, 0, None, "d") == "k.finetune120.d"
+    assert finetune_stem("k", 120, 2, 3e-3, "d") == "k.finetune120.lr0.003.replica2.d"
+    for bad, match in (({"finetune_seeds": 0}, "finetune_seeds must be at least 1"),
+                       ({"finetune_lr": 2.0}, r"finetune_lr must be in \[0, 1\]"),
+                       ({"finetune_seeds": 2, "subnets": 1001}, "finetune_seeds > 1 takes at most 1000"),
+                       ({"standalone_seeds": 101}, "standalone_seeds must be at most 100")):
+        with pytest.raises(ValueError, match=match):
+            RankConfig(**bad)
+
+
+def test_finetune_seeds_and_rate_on_a_tiny_supernet(shakespeare, tmp_path, monkeypatch):
+    cfg = load_rank_config(_tiny_rank(tmp_path, shakespeare, monkeypatch))
+    where = tmp_path / "rank" / "standalone"
+    assert (cfg.finetune_seeds, cfg.finetune_lr) == (1, 0.0)
+    one = run_rank(cfg, quiet=True)
+    one_rows = json.loads((tmp_path / "rank" / "table.json").read_text())["rows"]
+    one_md = (tmp_path / "rank" / "table.md").read_text()
+    # The defaults write the summary, rows and file names of before.
+    assert set(one["finetuned"]) == {"steps", "kendall_tau", "kendall_tau_ci95", "spearman_rho", "spearman_rho_ci95"}
+    assert "finetuned_ppls" not in one_rows[0] and "fine-tune seeds" not in one_md and "peak rate" not in one_md
+    first = sorted(where.glob("*.finetune2.*.json"))
+    assert len(first) == 4 and not [p for p in first if "replica" in p.name or ".lr" in p.name]
+    for i, r in enumerate(one_rows):
+        done = json.loads(next(p for p in first if p.name.startswith(r["key"])).read_text())
+        assert done["seed"] == i and done["lr"] == 1e-3 and done["steps"] == 2 and done["warmup_steps"] == 1
+    # The supernet's rate, given explicitly, is the default (same files, same figures).
+    assert run_rank(replace(cfg, finetune_lr=1e-3), quiet=True)["finetuned"] == one["finetuned"]
+    assert sorted(where.glob("*.finetune2.*.json")) == first
+    kept = {p.name: p.stat().st_mtime_ns for p in first}
+
+    three = run_rank(replace(cfg, finetune_seeds=3), quiet=True)
+    rows = json.loads((tmp_path / "rank" / "table.json").read_text())["rows"]
+    # Replica 0 is the fine-tune of before, reused; replicas 1, 2 are new, with their own seeds.
+    assert {p.name: p.stat().st_mtime_ns for p in first} == kept
+    assert len(list(where.glob("*.finetune2.replica[12].*.json"))) == 8
+    for i, (r, r1) in enumerate(zip(rows, one_rows)):
+        reps = [json.loads((where / f"{finetune_stem(r['key'], 2, k, None, p.name.split('.')[-2])}.json")
+                           .read_text()) for k in range(3) for p in first if p.name.startswith(r["key"])]
+        assert [x["seed"] for x in reps] == r["finetune_seeds"] == [i, i + 101_000, i + 102_000]
+        ppls = [x["finetuned_ppl"] for x in reps]
+        assert r["finetuned_ppls"] == ppls and len(set(ppls)) == 3 and ppls[0] == r1["finetuned_ppl"]
+        assert r["finetuned_ppl"] == pytest.approx(sum(ppls) / 3, rel=1e-12)
+    ft = three["finetuned"]
+    x, y = [r["finetuned_ppl"] for r in rows], [r["standalone_ppl"] for r in rows]
+    assert ft["seeds"] == 3 and ft["kendall_tau"] == pytest.approx(_tau_by_hand(x, y))
+    assert ft["spearman_rho"] == pytest.approx(_rho_by_hand(x, y))
+    col = lambda k: [r["finetuned_ppls"][k] for r in rows]
+    assert ft["seed_to_seed"]["kendall_tau_mean"] == pytest.approx(
+        sum(_tau_by_hand(col(a), col(b)) for a, b in [(0, 1), (0, 2), (1, 2)]) / 3)
+    assert three["kendall_tau"] == one["kendall_tau"]  # the inherited score does not move
+    assert "mean of 3 fine-tune seeds" in (tmp_path / "rank" / "table.md").read_text()
+
+    # Another peak rate: its own files, the rate in the summary and the table.
+    low = run_rank(replace(cfg, finetune_lr=5e-4), quiet=True)
+    assert len(list(where.glob("*.finetune2.lr0.0005.*.json"))) == 4 and low["finetuned"]["lr"] == 5e-4
+    assert "at peak rate 0.0005" in (tmp_path / "rank" / "table.md").read_text()
+    # A cached fine-tune made otherwise (here: another seed) is an error, not silently reused.
+    stale = where / f"{finetune_stem(rows[2]['key'], 2, 1, None, first[0].name.split('.')[-2])}.json"
+    stale.write_text(json.dumps({**json.loads(stale.read_text()), "seed": 5}))
+    with pytest.raises(ModelConfigError, match=r"replica1\.\w+\.json was fine-tuned with"):
+        run_rank(replace(cfg, finetune_seeds=2), quiet=True)
+
+
+def _table(tmp_path, name, rows, **summary):
+    d = tmp_path / name
+    d.mkdir()
+    base = {"standalone_steps": 6, "standalone_batch": 4, "standalone_lr": 1e-3, "eval_tokens": 1024,
+            "checkpoint": "super", "finetuned": {"steps": 2}}
+    (d / "table.json").write_text(json.dumps({"summary": {**base, **summary}, "rows": rows}))
+    return d
+
+
+def _row(key, inherited, finetuned, *standalone):
+    r = {"key": key, "short": key, "inherited_ppl": inherited, "finetuned_ppl": finetuned,
+         "standalone_ppl": standalone[0]}
+    if len(standalone) > 1:
+        r["standalone_ppl_mean"] = sum(standalone) / len(standalone)
+    return r
+
+
+def test_pooling_tables_against_a_hand_count(tmp_path, capsys):
+    # Set 0: three seeds (reference: their mean); set 1: one seed.
+    a = _table(tmp_path, "a", [_row("a0", 8.0, 7.0, 6.0, 6.2, 6.4), _row("a1", 9.0, 7.5, 7.4, 7.0, 7.3),
+                               _row("a2", 8.5, 8.1, 7.1, 7.3, 7.2)], mean_of_seeds={"standalone_seeds": 3})
+    b = _table(tmp_path, "b", [_row("b0", 8.2, 7.2, 6.6), _row("b1", 9.5, 8.4, 8.0),
+                               _row("b2", 8.8, 7.9, 7.0), _row("b3", 9.9, 7.8, 7.5)])
+    pooled = pool_tables([a, b], bootstrap=100)
+    s = pooled["summary"]
+    ref = [6.2, 7.233333333333333, 7.2, 6.6, 8.0, 7.0, 7.5]
+    rep0 = [6.0, 7.4, 7.1, 6.6, 8.0, 7.0, 7.5]
+    inh, ft = [8.0, 9.0, 8.5, 8.2, 9.5, 8.8, 9.9], [7.0, 7.5, 8.1, 7.2, 8.4, 7.9, 7.8]
+    assert [r["set"] for r in pooled["rows"]] == [0, 0, 0, 1, 1, 1, 1] and s["subnets_per_set"] == [3, 4]
+    assert s["standalone_seeds_per_set"] == [3, 1]
+    for name, x in (("inherited", inh), ("finetuned", ft)):
+        assert s["reference"][name]["kendall_tau"] == pytest.approx(_tau_by_hand(x, ref))
+        assert s["reference"][name]["spearman_rho"] == pytest.approx(_rho_by_hand(x, ref))
+        assert s["replica0"][name]["kendall_tau"] == pytest.approx(_tau_by_hand(x, rep0))
+        lo, hi = s["reference"][name]["kendall_tau_ci95"]
+        assert -1 <= lo <= s["reference"][name]["kendall_tau"] <= hi <= 1
+    # By hand: ordered by the inherited score, the references read 6.2 6.6 7.2 7.0 7.23 8.0 7.5,
+    # 2 of 21 pairs swapped; by the fine-tuned one 6.2 6.6 7.23 7.5 7.0 7.2 8.0, 4 swapped.
+    # Inherited ranks 1 5 3 2 6 4 7 against 1 5 4 2 7 3 6: sum of squared differences 4.
+    assert s["reference"]["inherited"]["kendall_tau"] == pytest.approx(1 - 2 * 2 / 21)
+    assert s["reference"]["finetuned"]["kendall_tau"] == pytest.approx(1 - 2 * 4 / 21)
+    assert s["reference"]["inherited"]["spearman_rho"] == pytest.approx(1 - 6 * 4 / (7 * 48))
+    assert s["per_set"][1]["finetuned"]["kendall_tau"] == pytest.approx(_tau_by_hand(ft[3:], ref[3:]))
+    assert main(["--pool", str(a), str(b), "--out", str(tmp_path / "ab")]) == 0
+    table = capsys.readouterr().out
+    assert "7 subnets pooled from 2 ranking runs" in table and table.count("\n| 1 | `b") == 4
+    written = json.loads((tmp_path / "ab" / "table.json").read_text())["summary"]["reference"]
+    assert {n: c["kendall_tau"] for n, c in written.items()} == {n: c["kendall_tau"] for n, c in s["reference"].items()}
+    # Not poolable: other standalone training, the same subnet twice, one table.
+    c = _table(tmp_path, "c", [_row("c0", 1, 1, 1), _row("c1", 2, 2, 2), _row("c2", 3, 3, 3)], standalone_lr=2e-3)
+    with pytest.raises(ModelConfigError, match="not poolable"):
+        pool_tables([a, c])
+    with pytest.raises(ModelConfigError, match="more than one table"):
+        pool_tables([a, a])
+    with pytest.raises(ModelConfigError, match="at least two"):
+        pool_tables([a])
+    # Different fine-tunes: only the inherited score is pooled.
+    e = _table(tmp_path, "e", [_row("e0", 1, 1, 1), _row("e1", 2, 2, 2), _row("e2", 3, 3, 3)],
+               finetuned={"steps": 2, "lr": 1e-3})
+    assert set(pool_tables([a, e])["summary"]["reference"]) == {"inherited"}
+    with pytest.raises(SystemExit):  # --pool needs --out
+        main(["--pool", str(a), str(b)])
 
 
 def test_a_bad_rank_config_is_one_line(tmp_path, capsys):
