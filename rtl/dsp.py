@@ -1,7 +1,10 @@
 """Registered multipliers: a DSP primitive per FPGA family, or the generic ``*``.
 
 Every multiplier here computes ``p = a * b`` (signed) :data:`LATENCY` cycles after
-its operands: one register on the operands and one on the product. The generic
+its operands: one register on the operands and one on the product. ``latency=1``
+keeps only the product's register, for operands that a multiplexer picks from
+registers already (the vector unit's requantizer): the route to the DSP block and
+its multiply share a cycle, the route back starts the next one. The generic
 one builds those registers in fabric around Amaranth's ``*`` (Yosys maps the
 ``*`` to a DSP block, but leaves the registers in fabric, so the routing
 between them and the DSP is in every path). The family ones instantiate the DSP
@@ -9,7 +12,7 @@ block with its own registers on:
 
 * ``"ecp5"``: ``MULT18X18D`` with ``REG_INPUTA_CLK``, ``REG_INPUTB_CLK`` and
   ``REG_OUTPUT_CLK`` on ``CLK0`` (``CE0`` high, ``RST0`` low; no pipeline register);
-  operands up to 18 bits.
+  operands up to 18 bits. At ``latency=1`` the input registers are off.
 * ``"ice40"``: ``SB_MAC16`` in 16x16 mode with ``A_REG``/``B_REG`` and the registers
   after its 8x8 partial products (``TOP_8x8_MULT_REG``, ``BOT_8x8_MULT_REG``,
   ``PIPELINE_16x16_MULT_REG1``), the 16x16 product on both output halves
@@ -19,7 +22,9 @@ block with its own registers on:
   registers (A_REG = B_REG = 0, CLK = 0: a combinational multiplier, the wrong
   latency). This kind therefore gives Yosys reset-less registers around ``*``,
   which that pass packs into exactly this configuration (``tests/rtl/test_dsp.py``
-  synthesizes it and checks the parameters and the products).
+  synthesizes it and checks the parameters and the products). At ``latency=1`` it is
+  the generic kind's product register around ``*`` (reset-less), which the same pass
+  packs as far as it can.
 
 The primitives cannot be simulated, so each has a behavioural model written in
 Amaranth (:class:`MULT18X18DModel`, :class:`SB_MAC16Model`) with the
@@ -53,7 +58,8 @@ KINDS = MULTIPLIERS + ("ecp5-model", "ice40-model")
 
 
 class Multiplier(wiring.Component):
-    """``p = a * b`` (signed), :data:`LATENCY` cycles after ``a`` and ``b``.
+    """``p = a * b`` (signed), ``latency`` cycles after ``a`` and ``b`` (:data:`LATENCY`,
+    or 1: the product's register only).
 
     Members
     -------
@@ -64,9 +70,14 @@ class Multiplier(wiring.Component):
 
     MAX_WIDTH = 64
 
-    def __init__(self, a_width, b_width):
+    def __init__(self, a_width, b_width, *, latency=LATENCY):
         self.a_width = operator.index(a_width)
         self.b_width = operator.index(b_width)
+        if latency not in (1, LATENCY):
+            self._MustUse__silence = True
+            raise ValueError(f"{type(self).__name__}: latency must be 1 or {LATENCY}, "
+                             f"not {latency!r}")
+        self.latency = latency
         for name, width in (("a_width", self.a_width), ("b_width", self.b_width)):
             if not 2 <= width <= self.MAX_WIDTH:
                 self._MustUse__silence = True   # never built: no "never used" warning
@@ -79,12 +90,19 @@ class Multiplier(wiring.Component):
 class GenericMultiplier(Multiplier):
     """Fabric registers around Amaranth's ``*``; Yosys chooses the multiplier."""
 
+    def __init__(self, a_width, b_width, *, latency=LATENCY, reset_less=False):
+        super().__init__(a_width, b_width, latency=latency)
+        self.reset_less = bool(reset_less)
+
     def elaborate(self, platform):
         m = Module()
-        a_reg = Signal.like(self.a, name="a_reg")
-        b_reg = Signal.like(self.b, name="b_reg")
-        product = Signal.like(self.p, name="product")
-        m.d.sync += [a_reg.eq(self.a), b_reg.eq(self.b), product.eq(a_reg * b_reg)]
+        product = Signal.like(self.p, name="product", reset_less=self.reset_less)
+        if self.latency == 1:
+            m.d.sync += product.eq(self.a * self.b)
+        else:
+            a_reg = Signal.like(self.a, name="a_reg", reset_less=self.reset_less)
+            b_reg = Signal.like(self.b, name="b_reg", reset_less=self.reset_less)
+            m.d.sync += [a_reg.eq(self.a), b_reg.eq(self.b), product.eq(a_reg * b_reg)]
         m.d.comb += self.p.eq(product)
         return m
 
@@ -92,8 +110,8 @@ class GenericMultiplier(Multiplier):
 class _PrimitiveMultiplier(Multiplier):
     """A family primitive: the pin mapping is shared by the Instance and the model."""
 
-    def __init__(self, a_width, b_width, *, model=False):
-        super().__init__(a_width, b_width)
+    def __init__(self, a_width, b_width, *, model=False, latency=LATENCY):
+        super().__init__(a_width, b_width, latency=latency)
         self.model = bool(model)
 
 
@@ -151,17 +169,24 @@ class ECP5Multiplier(_PrimitiveMultiplier):
         "RESETMODE": "SYNC", "GSR": "DISABLED",
     }
 
+    @property
+    def params(self):
+        """:data:`PARAMS`, with the input registers off at ``latency=1``."""
+        if self.latency == LATENCY:
+            return dict(self.PARAMS)
+        return {**self.PARAMS, "REG_INPUTA_CLK": "NONE", "REG_INPUTB_CLK": "NONE"}
+
     def elaborate(self, platform):
         m = Module()
         # The pins: operands sign-extended to 18 bits, the product's low bits from P.
         a_pins, b_pins, p_pins = Signal(18), Signal(18), Signal(36)
         m.d.comb += [a_pins.eq(self.a), b_pins.eq(self.b), self.p.eq(p_pins)]
         if self.model:
-            m.submodules.mult = dsp = MULT18X18DModel(self.PARAMS)
+            m.submodules.mult = dsp = MULT18X18DModel(self.params)
             m.d.comb += [dsp.A.eq(a_pins), dsp.B.eq(b_pins), dsp.SIGNEDA.eq(1),
                          dsp.SIGNEDB.eq(1), p_pins.eq(dsp.P)]
             return m
-        ports = {f"p_{key}": value for key, value in self.PARAMS.items()}
+        ports = {f"p_{key}": value for key, value in self.params.items()}
         ports.update({f"i_A{n}": a_pins[n] for n in range(18)})
         ports.update({f"i_B{n}": b_pins[n] for n in range(18)})
         ports.update({f"i_C{n}": C(0, 1) for n in range(18)})
@@ -258,11 +283,15 @@ def check_kind(kind: str) -> str:
     return kind
 
 
-def make_multiplier(kind: str, a_width: int, b_width: int) -> Multiplier:
+def make_multiplier(kind: str, a_width: int, b_width: int, *,
+                    latency: int = LATENCY) -> Multiplier:
     """A registered ``a_width`` x ``b_width`` signed multiplier of ``kind`` (one of
-    :data:`KINDS`)."""
+    :data:`KINDS`), its product ``latency`` cycles after its operands."""
     family, _, model = check_kind(kind).partition("-")
     if family == "generic":
-        return GenericMultiplier(a_width, b_width)
+        return GenericMultiplier(a_width, b_width, latency=latency)
+    if family == "ice40" and latency == 1:
+        # ice40_dsp packs a product register around `*` into the SB_MAC16 by itself.
+        return GenericMultiplier(a_width, b_width, latency=1, reset_less=True)
     cls = {"ecp5": ECP5Multiplier, "ice40": ICE40Multiplier}[family]
-    return cls(a_width, b_width, model=model == "model")
+    return cls(a_width, b_width, model=model == "model", latency=latency)

@@ -17,6 +17,7 @@ from amaranth import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from .dsp import check_kind, make_multiplier
 from .isa import REQUANT_LATENCY
 from .resetless import data_reg, data_signal
 
@@ -33,7 +34,8 @@ class Requantizer(wiring.Component):
 
     LATENCY = REQUANT_LATENCY
 
-    def __init__(self, *, input_width=8, acc_width=32, mult_width=16, shift_width=6):
+    def __init__(self, *, input_width=8, acc_width=32, mult_width=16, shift_width=6,
+                 multiplier="generic"):
         self.input_width = operator.index(input_width)
         self.acc_width = operator.index(acc_width)
         if self.input_width not in (4, 8, 16):
@@ -43,6 +45,8 @@ class Requantizer(wiring.Component):
                              f"not {self.acc_width!r}")
         self.mult_width = operator.index(mult_width)
         self.shift_width = operator.index(shift_width)
+        # The pieces' DSP kind (rtl.dsp.KINDS); each DSP registers only its product.
+        self.multiplier = check_kind(multiplier)
         super().__init__({
             "in_valid": In(1),
             "in_acc": In(signed(self.acc_width)),
@@ -85,7 +89,17 @@ class Requantizer(wiring.Component):
             if low + 16 >= aw + 1:
                 chunk = chunk.as_signed()
             partial = data_signal(signed(len(chunk) + self.mult_width + 1), name=f"partial{n}")
-            m.d.sync += partial.eq(chunk * self.mult)
+            if len(chunk) > 1 and self.multiplier.startswith("ecp5"):
+                # x is a register already: the DSP registers only the product. (Yosys
+                # packs the generic register into iCE40's SB_MAC16 by itself.)
+                mul = make_multiplier(self.multiplier, len(chunk) + (not chunk.shape().signed),
+                                      self.mult_width + 1, latency=1)
+                m.submodules[f"piece{n}"] = mul
+                a = chunk if chunk.shape().signed else Cat(chunk, C(0, 1)).as_signed()
+                m.d.comb += [mul.a.eq(a), mul.b.eq(Cat(self.mult, C(0, 1)).as_signed()),
+                             partial.eq(mul.p)]
+            else:
+                m.d.sync += partial.eq(chunk * self.mult)
             pieces.append((partial, low))
         # 3: add the pieces in two halves, the rounding term with the upper one.
         lower = data_signal(signed(width + 1))

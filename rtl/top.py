@@ -30,7 +30,9 @@ class Accelerator(wiring.Component):
         if not isinstance(geometry, Geometry):
             raise TypeError(f"geometry must be an rtl.isa.Geometry, not {geometry!r}")
         self.geometry = geometry
-        self.multiplier = multiplier   # the PEs' (rtl.dsp.KINDS); the timing is the same
+        # Every DSP multiplier's kind (rtl.dsp.KINDS): the PEs', the requantizer's and the
+        # vector unit's; the timing is the same whichever it is.
+        self.multiplier = multiplier
         super().__init__(host_ports())
 
     def elaborate(self, platform):
@@ -47,10 +49,10 @@ class Accelerator(wiring.Component):
             acc_width=g.acc_width, tag_width=33, multiplier=self.multiplier,
             weight_rows=min(g.sp_banks, g.rows) if g.dataflow == "ws" else 1)
         m.submodules.requantizer = requantizer = Requantizer(
-            input_width=g.input_width, acc_width=g.acc_width)
+            input_width=g.input_width, acc_width=g.acc_width, multiplier=self.multiplier)
         vector = None
         if g.units:
-            m.submodules.vector = vector = VectorUnit(g)
+            m.submodules.vector = vector = VectorUnit(g, multiplier=self.multiplier)
         m.submodules.controller = controller = Controller(
             g, scratchpad=scratchpad, accumulator=accumulator, array=array,
             requantizer=requantizer, vector=vector)

@@ -41,6 +41,17 @@ GELU's square and q * (y + ONE); SOFTMAX's i-exp square and e * f;
 LAYERNORM's v * v / v * inv (one multiplier for both passes) and z * G (32 x
 18). docs/rtl.md ("Vector unit") has the cycle counts, the pipelines and the
 area per unit and lane.
+
+The DSP multipliers are ``rtl/dsp.py``'s registered ones, of the kind the build
+picks (``multiplier``; MULT18X18D on ECP5), each 18 x 18 at most: an operand
+wider than that goes in as two pieces whose products are added in fabric.
+GELU's two and LAYERNORM's v * v / v * inv take their operands into the DSP's
+input registers, in place of the fabric registers that held them; the
+requantizer's pieces and z * G, whose operands are already registers picked by
+a multiplexer, register only their products. Either way a product arrives in
+the same stage as with ``*`` between fabric registers, so the cycle counts do
+not depend on the kind. SOFTMAX's e * f (22 x 20) and the i-exp square stay
+``*``.
 """
 
 import functools
@@ -51,6 +62,7 @@ from amaranth.lib import wiring, data
 from amaranth.lib.wiring import In, Out
 
 from .intmath import IExp, const_mul
+from .dsp import LATENCY as DSP_LATENCY, check_kind, make_multiplier
 from .isa import (Geometry, INSTRUCTION, NUM_PARAMS, VecOp, Flags, Param, VEC_DRAIN,
                   VEC_DIV_STEPS, VEC_SQRT_STEPS, VEC_ADDR_SETUP_CYCLES, SP_READ_LATENCY)
 from .resetless import data_signal
@@ -149,7 +161,7 @@ class VectorUnit(wiring.Component):
     target rows.
     """
 
-    def __init__(self, geometry: Geometry):
+    def __init__(self, geometry: Geometry, *, multiplier="generic"):
         if not isinstance(geometry, Geometry):
             raise TypeError(f"geometry must be an rtl.isa.Geometry, not {geometry!r}")
         if geometry.input_width != 8 or geometry.acc_width != 32:
@@ -157,6 +169,11 @@ class VectorUnit(wiring.Component):
                              f"{geometry.input_width} and {geometry.acc_width}")
         self.geometry = geometry
         self.lanes = operator.index(geometry.vector_lanes)
+        # The DSP kind (rtl.dsp.KINDS). iCE40's SB_MAC16 takes 16-bit operands and most of
+        # these are 17 or 18 bits wide: there the unit keeps the generic kind.
+        self.multiplier = check_kind(multiplier)
+        if self.multiplier.startswith("ice40"):
+            self.multiplier = "generic"
         sp_w, acc_w = geometry.sp_width, geometry.acc_row_width
         super().__init__({
             "start": In(1),
@@ -276,6 +293,30 @@ class VectorUnit(wiring.Component):
                     m.d.comb += [tap_valid.eq(tag_valid[d]), tap_last.eq(tag_last[d]),
                                  tap_mask.eq(tag_mask[d])]
 
+        def dsp_product(name, a, pieces, latency=DSP_LATENCY):
+            """``a`` times the sum of ``b << shift`` over ``pieces``: one registered DSP
+            multiplier (``rtl/dsp.py``) per piece, their products added in fabric, ready
+            ``latency`` cycles after the operands. At the default latency the DSP's own
+            input registers stand where a fabric register held the operands, so the
+            operands are fed a cycle earlier than the stage they belong to. Returns the
+            sum and the products."""
+            products = []
+            for n, (b, shift) in enumerate(pieces):
+                mul = make_multiplier(self.multiplier, len(a), len(b), latency=latency)
+                m.submodules[f"{name}_{n}"] = mul
+                m.d.comb += [mul.a.eq(a), mul.b.eq(b)]
+                products.append(mul.p)
+            return sum(p << shift for p, (_, shift) in zip(products, pieces)), products
+
+        def split17(value):
+            """A signed value wider than 18 bits as (low 17 bits, unsigned) + (the rest << 17):
+            two operands that fit an 18 x 18 multiplier."""
+            return [(Cat(value[:17], C(0, 1)).as_signed(), 0), (value[17:].as_signed(), 17)]
+
+        def zext(value):
+            """An unsigned value as a signed one a bit wider."""
+            return Cat(value, C(0, 1)).as_signed()
+
         def delay(value, stages, name):
             """[value, value 1 cycle later, ...]: registers for stages 1..stages."""
             out = [value]
@@ -339,19 +380,27 @@ class VectorUnit(wiring.Component):
                 q = delay(sp0_lane[l], 7, f"gelu_q_l{l}_")   # q[k]: stage k
                 v2 = s("gelu_v2", signed(34))               # |q| + B; a + B = min(v, 0)
                 m.d.sync += v2.eq(Mux(q[1] < 0, -q[1], q[1]) + B)
-                au3, big3 = s("gelu_au3", 16), s("gelu_big3", 1)   # |a + B|, clamped at 2**16
+                # |a + B|, clamped at 2**16, goes into the square's DSP input registers
+                # (stage 3), the square comes out of its output register (stage 4).
+                au, big3 = s("gelu_au", 16), s("gelu_big3", 1)
                 neg = -v2
-                m.d.sync += [au3.eq(Mux(v2 < 0, neg[:16], 0)), big3.eq((v2 < 0) & (neg[16:] != 0))]
+                m.d.comb += au.eq(Mux(v2 < 0, neg[:16], 0))
+                m.d.sync += big3.eq((v2 < 0) & (neg[16:] != 0))
                 sq4, big4 = s("gelu_sq4", 32), s("gelu_big4", 1)
-                m.d.sync += [sq4.eq(au3 * au3), big4.eq(big3)]
+                sq, _ = dsp_product(f"gelu_sq_l{l}", zext(au), [(zext(au), 0)])
+                m.d.comb += sq4.eq(sq)
+                m.d.sync += big4.eq(big3)
                 # C - (a + B)**2; past 2**32 the square saturates y whatever C is.
                 w = Mux(big4, -(1 << 33), Cc - sq4)
                 y5 = s("gelu_y5", signed(32))
                 m.d.sync += y5.eq(_sat(Mux(q[4] > 0, w, Mux(q[4] < 0, -w, 0)), 32))
-                t6 = s("gelu_t6", signed(33))
-                m.d.sync += t6.eq(y5 + ONE)
+                # q * (y + ONE): y + ONE (33 bits) in two pieces into two DSPs' input
+                # registers (stage 6), their products (stage 7) added before saturating.
+                t = s("gelu_t", signed(33))
+                m.d.comb += t.eq(y5 + ONE)
                 g7 = s("gelu_g7", signed(41))
-                m.d.sync += g7.eq(q[6] * t6)
+                gq, _ = dsp_product(f"gelu_g_l{l}", q[5], split17(t))
+                m.d.comb += g7.eq(gq)
                 g8 = s("gelu_g8", signed(32))
                 m.d.sync += g8.eq(_sat(g7, 32))
                 with m.If(is_kind("gelu")):
@@ -361,11 +410,19 @@ class VectorUnit(wiring.Component):
                 Bt = delay(buf2_lane[l], 6, f"ln_b_l{l}_")
                 diff2 = s("ln_diff2", signed(34))
                 m.d.sync += diff2.eq(a1 - mean)
-                v3 = s("ln_v3", signed(16))
-                m.d.sync += v3.eq(_sat(diff2 >> ln_sh, 16))
+                # v * v (the variance pass) or v * inv (the output pass): v goes into the
+                # DSP input registers (stage 3), inv (33 bits) in two pieces; the variance
+                # pass has v in the low piece and 0 in the high one.
+                v = s("ln_v", signed(16))
+                m.d.comb += v.eq(_sat(diff2 >> ln_sh, 16))
+                is_var = is_kind("layernorm_var")
+                inv_lo, inv_hi = split17(inv.as_signed())
+                mp, (mp_lo, _) = dsp_product(
+                    f"ln_mp_l{l}", v, [(Mux(is_var, v, inv_lo[0]), 0),
+                                       (Mux(is_var, 0, inv_hi[0]), 17)])
                 mp4 = s("ln_mp4", signed(50))
-                m.d.sync += mp4.eq(v3 * Mux(is_kind("layernorm_var"), v3, inv.as_signed()))
-                red_sum_v.append(Mux(tag_mask[4][l], mp4, 0))
+                m.d.comb += mp4.eq(mp)
+                red_sum_v.append(Mux(tag_mask[4][l], mp_lo, 0))   # v * v: all in the low one
                 # z * G on one 32 x 18 multiplier: whichever factor fits 18 bits takes the
                 # narrow side; when neither does, |z * G| >= 2**34 saturates whatever beta is.
                 # Stage 5 registers the chosen factors, so that the selection logic and the
@@ -379,11 +436,13 @@ class VectorUnit(wiring.Component):
                 m.d.sync += [wide.eq(Mux(g_narrow, z4, G[4])),
                              narrow.eq(Mux(g_narrow, G[4][:18], z4[:18])),
                              fit5.eq(g_narrow | z_narrow), neg5.eq(z4[31] ^ G[4][31])]
+                # The chosen factors are registers already: the DSPs register only their
+                # products (stage 6), the 32-bit factor in two pieces.
+                fit6, neg6 = s("ln_fit6", 1), s("ln_neg6", 1)
+                m.d.sync += [fit6.eq(fit5), neg6.eq(neg5)]
+                pg, _ = dsp_product(f"ln_pg_l{l}", narrow, split17(wide), latency=1)
                 pg6 = s("ln_pg6", signed(51))
-                with m.If(fit5):
-                    m.d.sync += pg6.eq(wide * narrow)
-                with m.Else():
-                    m.d.sync += pg6.eq(Mux(neg5, -(1 << 40), 1 << 40))
+                m.d.comb += pg6.eq(Mux(fit6, pg, Mux(neg6, -(1 << 40), 1 << 40)))
                 w7 = s("ln_w7", signed(32))
                 m.d.sync += w7.eq(_sat(pg6 + Bt[6], 32))
                 with m.If(is_kind("layernorm_out")):
@@ -394,8 +453,14 @@ class VectorUnit(wiring.Component):
             embed_here = l == 0 and "embed" in units
             if need_rq or embed_here:
                 # Requantizer: x * M in 16-bit pieces, + half, >> shift, saturate.
+                # Its operands are picked from registers by kind, so the two DSPs register
+                # only their products.
                 plo, phi = s("rq_plo", 32), s("rq_phi", signed(33))
-                m.d.sync += [plo.eq(rq_in[:16] * rq_m), phi.eq(rq_in[16:32].as_signed() * rq_m_hi)]
+                _, (lo,) = dsp_product(f"rq_lo_l{l}", zext(rq_in[:16]), [(zext(rq_m), 0)],
+                                         latency=1)
+                _, (hi,) = dsp_product(f"rq_hi_l{l}", rq_in[16:32].as_signed(),
+                                         [(zext(rq_m_hi), 0)], latency=1)
+                m.d.comb += [plo.eq(lo), phi.eq(hi)]
             if embed_here:
                 # EMBED: (a + 128) * mult on the low piece, b * count1 on the high one.
                 a_biased, b_wide = Signal(16), Signal(signed(16))

@@ -44,9 +44,12 @@ def run_lanes(dut, lanes, biases, *, add_bias, mult, shift):
     return got
 
 
-@pytest.mark.parametrize("input_width,acc_width", [(8, 32), (4, 16), (16, 48)])
+@pytest.mark.parametrize("input_width,acc_width,multiplier",
+                         [(8, 32, "generic"), (4, 16, "generic"), (16, 48, "generic"),
+                          (8, 32, "ecp5-model"), (16, 48, "ecp5-model")])
 @pytest.mark.parametrize("mult,shift", [(1, 0), (40000, 20), (65535, 63), (12345, 1), (3, 7)])
-def test_requantizer_matches_torch(input_width, acc_width, mult, shift):
+def test_requantizer_matches_torch(input_width, acc_width, multiplier, mult, shift):
+    """Against torch; ``ecp5-model`` puts MULT18X18D's model in the pieces' multipliers."""
     g = torch.Generator().manual_seed(mult + shift + input_width)
     lo, hi = -(1 << (acc_width - 1)), (1 << (acc_width - 1)) - 1
     acc = torch.cat([torch.randint(lo, hi, (24,), generator=g),
@@ -55,7 +58,7 @@ def test_requantizer_matches_torch(input_width, acc_width, mult, shift):
     bias = torch.randint(lo, hi, acc.shape, generator=g)
     bias[-7:] = torch.tensor([lo, hi, 0, 0, 0, 0, 0])
     for add_bias in (0, 1):
-        dut = Requantizer(input_width=input_width, acc_width=acc_width)
+        dut = Requantizer(input_width=input_width, acc_width=acc_width, multiplier=multiplier)
         got = run_lanes(dut, acc.tolist(), bias.tolist(), add_bias=add_bias, mult=mult, shift=shift)
         b = bias if add_bias else torch.zeros_like(bias)
         q = torch_requant(acc, b, mult, shift, input_width)

@@ -195,11 +195,11 @@ def _unpack(value, lanes, width):
     return out
 
 
-def run_ops(g, mems, jobs):
-    """Run VEC ``jobs`` one after another on one VectorUnit; returns per job
-    (Memories after it, TOK write or None, busy cycles). Each job is a dict:
-    ins, and optionally pos, tok, params."""
-    dut = VectorUnit(g)
+def run_ops(g, mems, jobs, multiplier="generic"):
+    """Run VEC ``jobs`` one after another on one VectorUnit (its DSP multipliers of kind
+    ``multiplier``); returns per job (Memories after it, TOK write or None, busy cycles).
+    Each job is a dict: ins, and optionally pos, tok, params."""
+    dut = VectorUnit(g, multiplier=multiplier)
     sp = [_pack(r, 8) for r in mems.sp]
     acc = [_pack(r, 32) for r in mems.acc]
     results = []
@@ -277,9 +277,9 @@ def run_ops(g, mems, jobs):
     return results
 
 
-def check_ops(g, mems, jobs):
+def check_ops(g, mems, jobs, multiplier="generic"):
     """Run ``jobs`` on the RTL and the reference; compare memories, TOK and cycles."""
-    got = run_ops(g, mems, jobs)
+    got = run_ops(g, mems, jobs, multiplier)
     state = mems
     for job, (after, tok_write, cycles) in zip(jobs, got):
         expect, tok_expect = reference(g, job["ins"], state, job.get("pos", 0), job.get("tok", 0),
@@ -614,6 +614,45 @@ UNIT_OPS = {
     "embed": lambda n: [vec(VecOp.EMBED, addr0=1, addr1=20, addr2=9, count0=n, count1=3, mult=7)],
     "argmax": lambda n: [vec(VecOp.ARGMAX, addr0=1, count0=n)],
 }
+
+
+def test_ecp5_dsp_models_in_every_multiplier():
+    """The unit with MULT18X18D's behavioural model in each of its DSP multipliers (the
+    primitive the ECP5 build instantiates, rtl/dsp.py): GELU over every input, then the
+    elementwise, softmax, LayerNorm, argmax and EMBED jobs, against the reference, with
+    the generic kind's cycle counts."""
+    g = Geometry(rows=4, cols=8, scratchpad_kib=1, accumulator_kib=2, units=UNITS,
+                 vector_lanes=2)
+    gen = torch.Generator().manual_seed(21)
+    mems = random_memories(g, gen)
+    mems.put_vec("sp", 0, torch.arange(-128, 128))
+    s_gelu = 4.0 / 127 / math.sqrt(2)
+    b, c = math.floor(-1.769 / s_gelu), math.floor(1 / (0.2888 * s_gelu * s_gelu))
+    jobs = [{"ins": vec(VecOp.GELU, addr0=0, addr2=40, count0=256, mult=m_, shift=sh),
+             "params": list(p) + [0] * (NUM_PARAMS - 3)}
+            for p, m_, sh in [((b, c, c), 40000, 31), ((-2**31, I32_MAX, I32_MAX), 65535, 40),
+                              ((-1, I32_MIN, I32_MIN), 65535, 63)]]
+    jobs += _elementwise_jobs(g, gen) + _softmax_jobs(g, gen) + _layernorm_jobs(g, gen, mems)
+    jobs += [{"ins": vec(VecOp.ARGMAX, addr0=2, count0=n), "pos": 4} for n in (1, 2 * g.cols + 1)]
+    jobs += [{"ins": vec(VecOp.EMBED, addr0=2, addr1=40, addr2=5, count0=n, count1=scale,
+                         mult=mult), "pos": pos, "tok": tok}
+             for n, tok, pos, mult, scale in [(g.cols, 3, 0, 65535, 65535), (1, 0, g.cols, 777, 3)]]
+    check_ops(g, mems, jobs, multiplier="ecp5-model")
+
+
+def test_ecp5_kind_instantiates_registered_dsps():
+    """What the ECP5 build elaborates: per lane nine MULT18X18D, five with their input and
+    output registers (GELU's square and q * (y + ONE), LayerNorm's v * v / v * inv) and
+    four with the output register only (LayerNorm's z * G, the requantizer's pieces)."""
+    from amaranth.back import rtlil
+    g = Geometry(rows=2, cols=4, scratchpad_kib=0.25, accumulator_kib=1, units=UNITS,
+                 vector_lanes=2)
+    text = rtlil.convert(VectorUnit(g, multiplier="ecp5"), name="top")
+    cells = text.split("cell \\MULT18X18D ")[1:]
+    assert len(cells) == 9 * g.vector_lanes
+    inputs = [cell.split("\n  end")[0].count('parameter \\REG_INPUTA_CLK "CLK0"') for cell in cells]
+    assert sum(inputs) == 5 * g.vector_lanes
+    assert all('parameter \\REG_OUTPUT_CLK "CLK0"' in cell.split("\n  end")[0] for cell in cells)
 
 
 @pytest.mark.parametrize("unit", UNITS)
