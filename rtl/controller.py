@@ -388,12 +388,13 @@ class Controller(wiring.Component):
         # footprint products, the compares with the memory depths and the lengths of a
         # skipped instruction are wide arithmetic on the instruction word, done in two
         # registered steps before DISPATCH so that none of it lies on the DISPATCH
-        # decision's path: DECODE registers the products (and divisions by cols), CHECK
-        # the verdict. Exact, as nothing they read changes from DECODE to DISPATCH: POS,
-        # the tokens, in_prog and the sticky error change only in DISPATCH, LOAD (a RUN's
-        # tokens, whose last write lands in PFETCH) and PFETCH, which all end in a fetch
-        # first; a running VEC writes TOK[POS + 1] only (ARGMAX), which the check does not
-        # read; TOK[POS] is read a cycle ahead, so it holds from DECODE on.
+        # decision's path: DECODE registers the products (and divisions by cols) and
+        # the verdicts that need none of them, CHECK the rest and the code. Exact, as
+        # nothing they read changes from DECODE to DISPATCH: POS, the tokens, in_prog and
+        # the sticky error change only in DISPATCH, LOAD (a RUN's tokens, whose last write
+        # lands in PFETCH) and PFETCH, which all end in a fetch first; a running VEC
+        # writes TOK[POS + 1] only (ARGMAX), which the check does not read; TOK[POS] is
+        # read a cycle ahead, so it holds from DECODE on.
         error_now = Signal(8)
         m.d.comb += error_now.eq(self._error(m, instr, in_prog, pos, tok_here))
         status_or_reset = ~in_prog & ((op == Opcode.STATUS) | (op == Opcode.RESET))
@@ -647,8 +648,11 @@ class Controller(wiring.Component):
     def _error(self, m, instr, in_prog, pos, tok):
         """The ErrorCode of ``instr`` (0 if legal), as rtl/isa.py's instruction_error.
 
-        Its products and divisions are registered (``staged``): the code is exact from
-        the second cycle that ``instr``, ``pos`` and ``tok`` hold their values."""
+        Two registered steps, so that the code is exact from the second cycle that
+        ``instr``, ``in_prog``, ``pos`` and ``tok`` hold their values: the first registers
+        the products and divisions (``staged``) and every verdict that reads none of
+        them (``early``: the opcode checks and the ranges whose rows are instruction
+        fields); the second adds the staged spans to their bases and picks the code."""
         g = self.geometry
         op = instr.opcode
         cols = g.cols
@@ -657,6 +661,10 @@ class Controller(wiring.Component):
             reg = Signal(Value.cast(value).shape(), name=f"check_{name}")
             m.d.sync += reg.eq(value)
             return reg
+
+        def early(value, name):
+            # A verdict on instr, in_prog, pos and tok only: registered with the products.
+            return staged(value, name)
 
         def is_op(*opcodes):
             # Sorted: HOST_ONLY/PROGRAM_ONLY are sets, whose order changes with the hash seed,
@@ -676,15 +684,17 @@ class Controller(wiring.Component):
             instr.tag[:4], 1)
 
         depth = {"sp": g.sp_depth, "acc": g.acc_depth, "prog": g.program_words, "tok": g.tokens}
-        ranges = []                         # (memory, first, rows, when)
+        # (memory, first, rows, when): `ranges` read instruction fields only and are
+        # checked in the first step, `late` read a staged product and wait for it.
+        ranges, late = [], []
         m_, k_ = instr.count0, instr.count1
         mm = op == Opcode.MATMUL
         if g.dataflow == "ws":
             reps = instr.tag
-            ranges += [("sp", instr.addr0,
-                        Mux(m_ != 0, staged(reps * instr.mult, "a_span") + m_, 0), mm),
-                       ("sp", instr.addr1, staged((reps + 1) * k_, "b_span"), mm),
-                       ("acc", instr.addr2, m_, mm)]
+            late += [("sp", instr.addr0,
+                      Mux(m_ != 0, staged(reps * instr.mult, "a_span") + m_, 0), mm),
+                     ("sp", instr.addr1, staged((reps + 1) * k_, "b_span"), mm)]
+            ranges += [("acc", instr.addr2, m_, mm)]
         else:
             ranges += [("sp", instr.addr0, k_, mm), ("sp", instr.addr1, k_, mm),
                        ("acc", instr.addr2, Mux(k_ != 0, m_, 0), mm)]
@@ -705,7 +715,7 @@ class Controller(wiring.Component):
             if g.has_unit("elementwise") or g.has_unit("embed"):
                 pos_rows = staged(_div_const(pos, cols) * n, "pos_rows")
             if g.has_unit("elementwise"):
-                ranges += [
+                late += [
                     ("acc", instr.addr0, r, vec(VecOp.REQ)),
                     ("acc", instr.addr1, Mux(perchan, r, 0), vec(VecOp.REQ)),
                     ("sp", instr.addr2, r, vec(VecOp.REQ)),
@@ -713,49 +723,53 @@ class Controller(wiring.Component):
                     ("acc", instr.addr2, Mux(perchan, r, 0), vec(VecOp.ADD)),
                     ("sp", instr.addr0, r, vec(VecOp.MUL)), ("sp", instr.addr1, r, vec(VecOp.MUL)),
                     ("sp", instr.addr2, r, vec(VecOp.MUL)),
-                    ("acc", instr.addr0, n, vec(VecOp.COPY_ACC)),
-                    ("acc", instr.addr2, n, vec(VecOp.COPY_ACC)),
-                    ("sp", instr.addr0, n, vec(VecOp.COPY_SP)),
                     ("sp", instr.addr1 + Mux(with_pos, pos, 0),
                      Mux(n != 0, staged((n - 1) * instr.count1, "stride_span") + 1, 0),
                      vec(VecOp.COPY_SP)),
                     ("sp", instr.addr0, r, vec(VecOp.PUT_COL)),
                     ("sp", instr.addr1 + pos_rows, n, vec(VecOp.PUT_COL)),
                 ]
+                ranges += [("acc", instr.addr0, n, vec(VecOp.COPY_ACC)),
+                           ("acc", instr.addr2, n, vec(VecOp.COPY_ACC)),
+                           ("sp", instr.addr0, n, vec(VecOp.COPY_SP))]
             if g.has_unit("gelu"):
-                ranges += [("sp", instr.addr0, r, vec(VecOp.GELU)),
-                           ("sp", instr.addr2, r, vec(VecOp.GELU))]
+                late += [("sp", instr.addr0, r, vec(VecOp.GELU)),
+                         ("sp", instr.addr2, r, vec(VecOp.GELU))]
             if g.has_unit("softmax"):
                 valid = n + Mux(with_pos, pos, 0)
-                ranges += [("acc", instr.addr0, vrows(valid, "sm_rows"), vec(VecOp.SOFTMAX)),
-                           ("sp", instr.addr2,
-                            vrows(Mux(valid > instr.count1, valid, instr.count1), "sm_out_rows"),
-                            vec(VecOp.SOFTMAX))]
+                late += [("acc", instr.addr0, vrows(valid, "sm_rows"), vec(VecOp.SOFTMAX)),
+                         ("sp", instr.addr2,
+                          vrows(Mux(valid > instr.count1, valid, instr.count1), "sm_out_rows"),
+                          vec(VecOp.SOFTMAX))]
             if g.has_unit("layernorm"):
-                ranges += [("acc", instr.addr0, r, vec(VecOp.LAYERNORM)),
-                           ("acc", instr.addr1, r * 2, vec(VecOp.LAYERNORM)),
-                           ("sp", instr.addr2, r, vec(VecOp.LAYERNORM))]
+                late += [("acc", instr.addr0, r, vec(VecOp.LAYERNORM)),
+                         ("acc", instr.addr1, r * 2, vec(VecOp.LAYERNORM)),
+                         ("sp", instr.addr2, r, vec(VecOp.LAYERNORM))]
             if g.has_unit("embed"):
-                ranges += [("tok", pos, 1, vec(VecOp.EMBED)),
-                           ("sp", instr.addr0 + staged(_div_const(tok, cols) * n, "tok_rows"), n,
-                            vec(VecOp.EMBED)),
-                           ("sp", instr.addr1 + pos_rows, n, vec(VecOp.EMBED)),
-                           ("acc", instr.addr2, r, vec(VecOp.EMBED))]
+                late += [("sp", instr.addr0 + staged(_div_const(tok, cols) * n, "tok_rows"), n,
+                          vec(VecOp.EMBED)),
+                         ("sp", instr.addr1 + pos_rows, n, vec(VecOp.EMBED)),
+                         ("acc", instr.addr2, r, vec(VecOp.EMBED))]
+                ranges += [("tok", pos, 1, vec(VecOp.EMBED))]
             if g.has_unit("argmax"):
-                ranges += [("acc", instr.addr0, r, vec(VecOp.ARGMAX)),
-                           ("tok", pos + 1, 1, vec(VecOp.ARGMAX))]
-        out_of_range = Cat(when & (rows != 0) & (first + rows > depth[memory])
-                           for memory, first, rows, when in ranges).any()
+                late += [("acc", instr.addr0, r, vec(VecOp.ARGMAX))]
+                ranges += [("tok", pos + 1, 1, vec(VecOp.ARGMAX))]
+
+        def beyond(checks):
+            return Cat(when & (rows != 0) & (first + rows > depth[memory])
+                       for memory, first, rows, when in checks).any()
+
+        out_of_range = early(beyond(ranges), "out_of_range") | beyond(late)
         limit = instr.count1 if g.dataflow == "ws" else instr.count0
         dataflow = mm & ((limit > g.rows) | (instr.tag != 0 if g.dataflow == "os" else 0))
         bad_run = (op == Opcode.RUN) & ((instr.count0 == 0)
                                         | (instr.count0 + instr.count1 > g.tokens)
                                         | (instr.addr0 >= g.program_words))
-        return Mux(illegal, ErrorCode.ILLEGAL_OPCODE,
-               Mux(no_unit, ErrorCode.NO_UNIT,
+        return Mux(early(illegal, "illegal"), ErrorCode.ILLEGAL_OPCODE,
+               Mux(early(no_unit, "no_unit"), ErrorCode.NO_UNIT,
                Mux(out_of_range, ErrorCode.OUT_OF_RANGE,
-               Mux(dataflow, ErrorCode.DATAFLOW_LIMIT,
-               Mux(bad_run, ErrorCode.BAD_RUN, ErrorCode.OK)))))
+               Mux(early(dataflow, "dataflow"), ErrorCode.DATAFLOW_LIMIT,
+               Mux(early(bad_run, "bad_run"), ErrorCode.BAD_RUN, ErrorCode.OK)))))
 
 
 def _div_const(x, d):

@@ -572,7 +572,9 @@ class VectorUnit(wiring.Component):
         sq_op, sq_res, sq_one = Signal(32), Signal(32), Signal(32)
         sq_cnt = Signal(5)
 
-        # EMBED/PUT_COL addresses: TOK[POS] and POS over cols, times n.
+        # EMBED/PUT_COL addresses: TOK[POS] and POS over cols, times n, added to the
+        # bases (t_off from addr0, p_off from addr1); then they count the elements, so
+        # the read addresses are registers, not sums (mod 2**16, as the ports' are).
         t_bits, p_bits = Signal(16), Signal(16)
         t_rem, p_rem = Signal(8), Signal(8)
         t_q, p_q = Signal(16), Signal(16)
@@ -724,7 +726,8 @@ class VectorUnit(wiring.Component):
                              mx.eq(-(1 << 31)), sum_e.eq(0), sum_x.eq(0), sum_v.eq(0),
                              best_any.eq(0), best_idx.eq(0),
                              t_bits.eq(self.tok), p_bits.eq(self.pos), t_rem.eq(0), p_rem.eq(0),
-                             t_off.eq(0), p_off.eq(0), n_sh.eq(n16), a_cnt.eq(0), ei.eq(0),
+                             t_off.eq(ins.addr0), p_off.eq(ins.addr1), n_sh.eq(n16),
+                             a_cnt.eq(0), ei.eq(0),
                              e_lane.eq(0), e_row.eq(0),
                              dst.eq(Mux(ins.tag == VecOp.COPY_SP,
                                         ins.addr1 + Mux((ins.flags & Flags.POS) != 0, self.pos, 0),
@@ -900,8 +903,9 @@ class VectorUnit(wiring.Component):
                 with m.State("EMBED"):
                     m.d.sync += ei.eq(ei + 1)
                     with m.If(ei < n16):
-                        m.d.comb += [self.sp_r0_en.eq(1), self.sp_r0_addr.eq(ins.addr0 + t_off + ei),
-                                     self.sp_r1_en.eq(1), self.sp_r1_addr.eq(ins.addr1 + p_off + ei)]
+                        m.d.comb += [self.sp_r0_en.eq(1), self.sp_r0_addr.eq(t_off),
+                                     self.sp_r1_en.eq(1), self.sp_r1_addr.eq(p_off)]
+                        m.d.sync += [t_off.eq(t_off + 1), p_off.eq(p_off + 1)]
                         m.d.sync += [e_read.valid.eq(1), e_read.lane.eq(e_lane),
                                      e_read.row.eq(e_row),
                                      e_read.last.eq((e_lane == cols - 1) | (ei == n16 - 1))]
@@ -916,9 +920,9 @@ class VectorUnit(wiring.Component):
                     m.d.sync += ei.eq(ei + 1)
                     with m.If(ei < n16):
                         m.d.comb += [self.sp_r0_en.eq(1), self.sp_r0_addr.eq(ins.addr0 + e_row),
-                                     self.sp_r1_en.eq(1), self.sp_r1_addr.eq(ins.addr1 + p_off + ei)]
+                                     self.sp_r1_en.eq(1), self.sp_r1_addr.eq(p_off)]
                         m.d.sync += [p_read.valid.eq(1), p_read.lane.eq(e_lane),
-                                     p_read.addr.eq(ins.addr1 + p_off + ei)]
+                                     p_read.addr.eq(p_off), p_off.eq(p_off + 1)]
                         with m.If(e_lane == cols - 1):
                             m.d.sync += [e_lane.eq(0), e_row.eq(e_row + 1)]
                         with m.Else():
