@@ -45,10 +45,11 @@ area per unit and lane.
 The DSP multipliers are ``rtl/dsp.py``'s registered ones, of the kind the build
 picks (``multiplier``; MULT18X18D on ECP5), each 18 x 18 at most: an operand
 wider than that goes in as two pieces whose products are added in fabric.
-GELU's two and LAYERNORM's v * v / v * inv take their operands into the DSP's
-input registers, in place of the fabric registers that held them; the
-requantizer's pieces and z * G, whose operands are already registers picked by
-a multiplexer, register only their products. Either way a product arrives in
+GELU's two take their operands into the DSP's input registers, in place of the
+fabric registers that held them; the requantizer's pieces, LAYERNORM's v * v /
+v * inv (whose v, a variable shift and a saturation deep, stays a fabric
+register) and z * G, whose operands are registers already, register only their
+products. Either way a product arrives in
 the same stage as with ``*`` between fabric registers, so the cycle counts do
 not depend on the kind. SOFTMAX's e * f (22 x 20) and the i-exp square stay
 ``*``.
@@ -410,16 +411,19 @@ class VectorUnit(wiring.Component):
                 Bt = delay(buf2_lane[l], 6, f"ln_b_l{l}_")
                 diff2 = s("ln_diff2", signed(34))
                 m.d.sync += diff2.eq(a1 - mean)
-                # v * v (the variance pass) or v * inv (the output pass): v goes into the
-                # DSP input registers (stage 3), inv (33 bits) in two pieces; the variance
-                # pass has v in the low piece and 0 in the high one.
+                # v * v (the variance pass) or v * inv (the output pass), inv (33 bits) in
+                # two pieces; the variance pass has v in the low piece and 0 in the high
+                # one. v is a fabric register (stage 3) and the DSPs register only their
+                # products (stage 4): the variable shift and saturation before v are too
+                # deep to share a cycle with the route to a DSP across the die (the
+                # default's critical path at 55 MHz with v in the DSPs' input registers).
                 v = s("ln_v", signed(16))
-                m.d.comb += v.eq(_sat(diff2 >> ln_sh, 16))
+                m.d.sync += v.eq(_sat(diff2 >> ln_sh, 16))
                 is_var = is_kind("layernorm_var")
                 inv_lo, inv_hi = split17(inv.as_signed())
                 mp, (mp_lo, _) = dsp_product(
                     f"ln_mp_l{l}", v, [(Mux(is_var, v, inv_lo[0]), 0),
-                                       (Mux(is_var, 0, inv_hi[0]), 17)])
+                                       (Mux(is_var, 0, inv_hi[0]), 17)], latency=1)
                 mp4 = s("ln_mp4", signed(50))
                 m.d.comb += mp4.eq(mp)
                 red_sum_v.append(Mux(tag_mask[4][l], mp_lo, 0))   # v * v: all in the low one
