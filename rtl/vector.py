@@ -229,7 +229,9 @@ class VectorUnit(wiring.Component):
         nrows = Signal(16)         # rows of the LAYERNORM vector (for beta's address)
         shift_c = Signal(range(RQ_PRODUCT_BITS + 1))
         half = Signal(RQ_PRODUCT_BITS)
-        ei = Signal(18)            # EMBED/PUT_COL/COPY element (row) counter
+        # EMBED/PUT_COL/COPY: the elements (rows) still to read, counted down from n past
+        # zero into the drain, so that the state's tests are compares with constants.
+        e_left = Signal(signed(18))
 
         # Operand reads and row buffers.
         # Rows and the lane pipelines' values are data registers (rtl/resetless.py):
@@ -515,8 +517,11 @@ class VectorUnit(wiring.Component):
                 va, xa = a
                 vb, xb = b
                 return (va | vb, Mux(va & (~vb | (xa >= xb)), xa, xb))
-            any_valid, lane_max = _tree(red_max, max2)
-            with m.If(tap_valid & is_kind("softmax_max") & any_valid & (lane_max > mx)):
+            _, lane_max = _tree(red_max, max2)
+            # Whether the lanes' max beats mx: each lane's compare, beside the tree, not
+            # after it (one carry chain before the registers' enables, not two).
+            beats = Cat(v & (x > mx) for v, x in red_max).any()
+            with m.If(tap_valid & is_kind("softmax_max") & beats):
                 m.d.sync += mx.eq(lane_max)
             with m.If(tap_valid & is_kind("softmax_sum")):
                 m.d.sync += sum_e.eq(sum_e + _tree(red_sum_e, operator.add))
@@ -532,8 +537,8 @@ class VectorUnit(wiring.Component):
                 take_a = va & (~vb | (xa >= xb))
                 return (va | vb, Mux(take_a, xa, xb), Mux(take_a, ia, ib))
             any_valid, lane_best, lane_idx = _tree(red_arg, arg2)
-            with m.If(tap_valid & is_kind("argmax") & any_valid
-                      & (~best_any | (lane_best > best_val))):
+            beats = Cat(v & (x > best_val) for v, x, _ in red_arg).any()   # as SOFTMAX's
+            with m.If(tap_valid & is_kind("argmax") & Mux(best_any, beats, any_valid)):
                 m.d.sync += [best_any.eq(1), best_val.eq(lane_best), best_idx.eq(lane_idx)]
 
         # -------------------------------------------------------------- writers
@@ -731,7 +736,7 @@ class VectorUnit(wiring.Component):
                              best_any.eq(0), best_idx.eq(0),
                              t_bits.eq(self.tok), p_bits.eq(self.pos), t_rem.eq(0), p_rem.eq(0),
                              t_off.eq(ins.addr0), p_off.eq(ins.addr1), n_sh.eq(n16),
-                             a_cnt.eq(0), ei.eq(0),
+                             a_cnt.eq(0), e_left.eq(n16),
                              e_lane.eq(0), e_row.eq(0),
                              dst.eq(Mux(ins.tag == VecOp.COPY_SP,
                                         ins.addr1 + Mux((ins.flags & Flags.POS) != 0, self.pos, 0),
@@ -905,24 +910,24 @@ class VectorUnit(wiring.Component):
                                 m.next = "PUT"
             if "embed" in units:
                 with m.State("EMBED"):
-                    m.d.sync += ei.eq(ei + 1)
-                    with m.If(ei < n16):
+                    m.d.sync += e_left.eq(e_left - 1)
+                    with m.If(e_left > 0):
                         m.d.comb += [self.sp_r0_en.eq(1), self.sp_r0_addr.eq(t_off),
                                      self.sp_r1_en.eq(1), self.sp_r1_addr.eq(p_off)]
                         m.d.sync += [t_off.eq(t_off + 1), p_off.eq(p_off + 1)]
                         m.d.sync += [e_read.valid.eq(1), e_read.lane.eq(e_lane),
                                      e_read.row.eq(e_row),
-                                     e_read.last.eq((e_lane == cols - 1) | (ei == n16 - 1))]
+                                     e_read.last.eq((e_lane == cols - 1) | (e_left == 1))]
                         with m.If(e_lane == cols - 1):
                             m.d.sync += [e_lane.eq(0), e_row.eq(e_row + 1)]
                         with m.Else():
                             m.d.sync += e_lane.eq(e_lane + 1)
-                    with m.If(ei == n16 + 2 + sp_late):
+                    with m.If(e_left == -(2 + sp_late)):
                         m.next = "IDLE"
             if "elementwise" in units:
                 with m.State("PUT"):
-                    m.d.sync += ei.eq(ei + 1)
-                    with m.If(ei < n16):
+                    m.d.sync += e_left.eq(e_left - 1)
+                    with m.If(e_left > 0):
                         m.d.comb += [self.sp_r0_en.eq(1), self.sp_r0_addr.eq(ins.addr0 + e_row),
                                      self.sp_r1_en.eq(1), self.sp_r1_addr.eq(p_off)]
                         m.d.sync += [p_read.valid.eq(1), p_read.lane.eq(e_lane),
@@ -931,13 +936,14 @@ class VectorUnit(wiring.Component):
                             m.d.sync += [e_lane.eq(0), e_row.eq(e_row + 1)]
                         with m.Else():
                             m.d.sync += e_lane.eq(e_lane + 1)
-                    with m.If(ei == n16 + 1 + sp_late):
+                    with m.If(e_left == -(1 + sp_late)):
                         m.next = "IDLE"
 
                 with m.State("COPY"):
-                    m.d.sync += ei.eq(ei + 1)
-                    with m.If(ei < n16):
-                        src = ins.addr0 + ei
+                    m.d.sync += e_left.eq(e_left - 1)
+                    with m.If(e_left > 0):
+                        src = t_off         # addr0, counted up (as EMBED's)
+                        m.d.sync += t_off.eq(t_off + 1)
                         with m.If(ins.tag == VecOp.COPY_SP):
                             m.d.comb += [self.sp_r0_en.eq(1), self.sp_r0_addr.eq(src)]
                             m.d.sync += dst.eq(dst + ins.count1)
@@ -947,7 +953,7 @@ class VectorUnit(wiring.Component):
                         ahead = [(st.valid, st.addr) for st in c_stage] + [(cw, c_waddr)]
                         m.d.sync += [c_stage[0].valid.eq(1), c_stage[0].addr.eq(dst),
                                      c_stage[0].fwd.eq(Cat(*[v & (a == src) for v, a in ahead]))]
-                    with m.If(ei == n16 + 1 + sp_late):
+                    with m.If(e_left == -(1 + sp_late)):
                         m.next = "IDLE"
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
         return m

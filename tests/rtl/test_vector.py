@@ -448,8 +448,13 @@ def test_softmax_layernorm_argmax_random(name):
     jobs = _softmax_jobs(g, gen) + _layernorm_jobs(g, gen, mems)
     for n in (0, 1, g.cols, 2 * g.cols + 1):
         jobs.append({"ins": vec(VecOp.ARGMAX, addr0=2, count0=n), "pos": 4})
-    mems.acc[12] = 7      # ties: the first index wins
+    mems.acc[12] = 7      # ties: the first index wins, within a lane cycle and across them
+    mems.acc[13] = 7
     jobs.append({"ins": vec(VecOp.ARGMAX, addr0=12, count0=g.cols + 2)})
+    mems.acc[14] = 3      # the max of a later lane cycle only ties the one found first
+    mems.acc[14, min(2, g.cols - 1)] = 9
+    mems.acc[15] = 9
+    jobs.append({"ins": vec(VecOp.ARGMAX, addr0=14, count0=2 * g.cols)})
     check_ops(g, mems, jobs)
 
 
