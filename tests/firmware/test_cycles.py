@@ -451,3 +451,35 @@ def _check_against_interpreter_and_model(g, steps):
     assert reply == FunctionalMachine(g).run(program)
     assert cycle_report([i for i, _ in steps], g).total_cycles == cycles
     return cycles
+
+
+@pytest.mark.parametrize("dataflow,seed", [("ws", 21), ("os", 22)])
+def test_the_dispatch_check_at_the_memory_ends(dataflow, seed):
+    """Words whose rows end near or past the ends of the memories, every VecOp among them,
+    each followed by STATUS and RESET: the error the RTL's two-step check gives (and what
+    a legal word then does) is the ISA interpreter's, and the cycles the model's."""
+    g = v1_geometry(2, 4, dataflow, units=UNITS, vector_lanes=2)
+    rnd = random.Random(seed)
+    ends = {"sp": g.sp_depth, "acc": g.acc_depth}
+
+    def addr():
+        if rnd.random() < 0.25:
+            return rnd.randint(0, 3)
+        return max(0, ends[rnd.choice(["sp", "acc"])] - rnd.randint(0, 6))
+
+    ops = [Opcode.MATMUL, Opcode.REQUANT, Opcode.STORE, Opcode.STORE_SP] + [Opcode.VEC] * 12
+    steps = []
+    for _ in range(48):
+        op = rnd.choice(ops)
+        tag = rnd.choice(list(VecOp)) if op == Opcode.VEC else \
+            rnd.randint(0, 2) if op == Opcode.MATMUL and dataflow == "ws" else 0
+        word = Instruction(op, tag=tag, flags=rnd.choice([0, Flags.POS, Flags.PERCHAN]),
+                           addr0=addr(), addr1=addr(), addr2=addr(),
+                           count0=rnd.choice([0, 1, 2, g.cols, g.cols + 1, 2 * g.cols + 1, 13]),
+                           count1=rnd.randint(0, 3), mult=rnd.randint(0, 3), shift=rnd.randint(0, 9))
+        steps += [(word, b""), (Instruction(Opcode.STATUS), b""), (Instruction(Opcode.RESET), b"")]
+    steps.append((Instruction(Opcode.SYNC, tag=0xA5), b""))
+    reply = check_v1_stream(g, steps, lambda s, n: run_stream(Accelerator(g), s, n))
+    codes = [cycle_report(steps[:3 * k + 1], g).error for k in range(48)]
+    assert 8 <= sum(code != 0 for code in codes) <= 40     # both kinds are exercised
+    assert reply[-1] == 0xA5
