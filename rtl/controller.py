@@ -684,16 +684,25 @@ class Controller(wiring.Component):
             instr.tag[:4], 1)
 
         depth = {"sp": g.sp_depth, "acc": g.acc_depth, "prog": g.program_words, "tok": g.tokens}
-        # (memory, first, rows, when): `ranges` read instruction fields only and are
-        # checked in the first step, `late` read a staged product and wait for it.
-        ranges, late = [], []
+        # `ranges`: (memory, first, rows, when) on instruction fields, POS and TOK only,
+        # checked in the first step. `late`: the ranges that add a staged product, as
+        # `base + product > depth` with `when` holding the rows' nonzero test; the first
+        # step registers the room past each base (depth - base) and whether any word's
+        # condition holds, so the second compares a register with a register. Ranges on
+        # the same base and product share both.
+        ranges, late = [], {}
+
+        def late_range(memory, base, key, rows, when):
+            late.setdefault((memory, key, id(rows)), (base, rows, []))[2].append(when)
+
         m_, k_ = instr.count0, instr.count1
         mm = op == Opcode.MATMUL
         if g.dataflow == "ws":
             reps = instr.tag
-            late += [("sp", instr.addr0,
-                      Mux(m_ != 0, staged(reps * instr.mult, "a_span") + m_, 0), mm),
-                     ("sp", instr.addr1, staged((reps + 1) * k_, "b_span"), mm)]
+            late_range("sp", instr.addr0 + m_, "addr0+m", staged(reps * instr.mult, "a_span"),
+                       mm & (m_ != 0))
+            late_range("sp", instr.addr1, "addr1", staged((reps + 1) * k_, "b_span"),
+                       mm & (k_ != 0))
             ranges += [("acc", instr.addr2, m_, mm)]
         else:
             ranges += [("sp", instr.addr0, k_, mm), ("sp", instr.addr1, k_, mm),
@@ -708,58 +717,63 @@ class Controller(wiring.Component):
             ("tok", pos + 1, 1, op == Opcode.EMIT),
         ]
         if g.units:
-            vec = lambda v: (op == Opcode.VEC) & (instr.tag == v)
-            r = vrows(n, "vrows")
+            vec = lambda *ops: (op == Opcode.VEC) & Cat(instr.tag == v for v in ops).any()
+            r = vrows(n, "vrows")             # ceil(n / cols): nonzero when n is
+            nz = n != 0
             perchan = (instr.flags & Flags.PERCHAN) != 0
             with_pos = (instr.flags & Flags.POS) != 0
+            fields = {"addr0": instr.addr0, "addr1": instr.addr1, "addr2": instr.addr2}
+
+            def vector_rows(memory, field, when):   # r rows from an address field
+                late_range(memory, fields[field], field, r, when & nz)
+
             if g.has_unit("elementwise") or g.has_unit("embed"):
                 pos_rows = staged(_div_const(pos, cols) * n, "pos_rows")
             if g.has_unit("elementwise"):
-                late += [
-                    ("acc", instr.addr0, r, vec(VecOp.REQ)),
-                    ("acc", instr.addr1, Mux(perchan, r, 0), vec(VecOp.REQ)),
-                    ("sp", instr.addr2, r, vec(VecOp.REQ)),
-                    ("acc", instr.addr0, r, vec(VecOp.ADD)), ("acc", instr.addr1, r, vec(VecOp.ADD)),
-                    ("acc", instr.addr2, Mux(perchan, r, 0), vec(VecOp.ADD)),
-                    ("sp", instr.addr0, r, vec(VecOp.MUL)), ("sp", instr.addr1, r, vec(VecOp.MUL)),
-                    ("sp", instr.addr2, r, vec(VecOp.MUL)),
-                    ("sp", instr.addr1 + Mux(with_pos, pos, 0),
-                     Mux(n != 0, staged((n - 1) * instr.count1, "stride_span") + 1, 0),
-                     vec(VecOp.COPY_SP)),
-                    ("sp", instr.addr0, r, vec(VecOp.PUT_COL)),
-                    ("sp", instr.addr1 + pos_rows, n, vec(VecOp.PUT_COL)),
-                ]
+                vector_rows("acc", "addr0", vec(VecOp.REQ, VecOp.ADD))
+                vector_rows("acc", "addr1", (vec(VecOp.REQ) & perchan) | vec(VecOp.ADD))
+                vector_rows("acc", "addr2", vec(VecOp.ADD) & perchan)
+                vector_rows("sp", "addr0", vec(VecOp.MUL, VecOp.PUT_COL))
+                vector_rows("sp", "addr1", vec(VecOp.MUL))
+                vector_rows("sp", "addr2", vec(VecOp.REQ, VecOp.MUL))
+                late_range("sp", instr.addr1 + Mux(with_pos, pos, 0) + 1, "copy_sp",
+                           staged((n - 1) * instr.count1, "stride_span"), vec(VecOp.COPY_SP) & nz)
+                late_range("sp", instr.addr1 + n, "addr1+n", pos_rows, vec(VecOp.PUT_COL) & nz)
                 ranges += [("acc", instr.addr0, n, vec(VecOp.COPY_ACC)),
                            ("acc", instr.addr2, n, vec(VecOp.COPY_ACC)),
                            ("sp", instr.addr0, n, vec(VecOp.COPY_SP))]
             if g.has_unit("gelu"):
-                late += [("sp", instr.addr0, r, vec(VecOp.GELU)),
-                         ("sp", instr.addr2, r, vec(VecOp.GELU))]
+                vector_rows("sp", "addr0", vec(VecOp.GELU))
+                vector_rows("sp", "addr2", vec(VecOp.GELU))
             if g.has_unit("softmax"):
                 valid = n + Mux(with_pos, pos, 0)
-                late += [("acc", instr.addr0, vrows(valid, "sm_rows"), vec(VecOp.SOFTMAX)),
-                         ("sp", instr.addr2,
-                          vrows(Mux(valid > instr.count1, valid, instr.count1), "sm_out_rows"),
-                          vec(VecOp.SOFTMAX))]
+                late_range("acc", instr.addr0, "addr0", vrows(valid, "sm_rows"),
+                           vec(VecOp.SOFTMAX) & (valid != 0))
+                late_range("sp", instr.addr2, "addr2",
+                           vrows(Mux(valid > instr.count1, valid, instr.count1), "sm_out_rows"),
+                           vec(VecOp.SOFTMAX) & ((valid != 0) | (instr.count1 != 0)))
             if g.has_unit("layernorm"):
-                late += [("acc", instr.addr0, r, vec(VecOp.LAYERNORM)),
-                         ("acc", instr.addr1, r * 2, vec(VecOp.LAYERNORM)),
-                         ("sp", instr.addr2, r, vec(VecOp.LAYERNORM))]
+                vector_rows("acc", "addr0", vec(VecOp.LAYERNORM))
+                late_range("acc", instr.addr1, "addr1", r * 2, vec(VecOp.LAYERNORM) & nz)
+                vector_rows("sp", "addr2", vec(VecOp.LAYERNORM))
             if g.has_unit("embed"):
-                late += [("sp", instr.addr0 + staged(_div_const(tok, cols) * n, "tok_rows"), n,
-                          vec(VecOp.EMBED)),
-                         ("sp", instr.addr1 + pos_rows, n, vec(VecOp.EMBED)),
-                         ("acc", instr.addr2, r, vec(VecOp.EMBED))]
+                late_range("sp", instr.addr0 + n, "addr0+n",
+                           staged(_div_const(tok, cols) * n, "tok_rows"), vec(VecOp.EMBED) & nz)
+                late_range("sp", instr.addr1 + n, "addr1+n", pos_rows, vec(VecOp.EMBED) & nz)
+                vector_rows("acc", "addr2", vec(VecOp.EMBED))
                 ranges += [("tok", pos, 1, vec(VecOp.EMBED))]
             if g.has_unit("argmax"):
-                late += [("acc", instr.addr0, r, vec(VecOp.ARGMAX))]
+                vector_rows("acc", "addr0", vec(VecOp.ARGMAX))
                 ranges += [("tok", pos + 1, 1, vec(VecOp.ARGMAX))]
 
-        def beyond(checks):
-            return Cat(when & (rows != 0) & (first + rows > depth[memory])
-                       for memory, first, rows, when in checks).any()
-
-        out_of_range = early(beyond(ranges), "out_of_range") | beyond(late)
+        early_out = Cat(when & (rows != 0) & (first + rows > depth[memory])
+                        for memory, first, rows, when in ranges).any()
+        late_out = []
+        for j, ((memory, _, _), (base, rows, whens)) in enumerate(late.items()):
+            hit = early(Cat(*whens).any(), f"hit{j}")
+            room = early(depth[memory] - base, f"room{j}")
+            late_out.append(hit & (rows > room))
+        out_of_range = early(early_out, "out_of_range") | Cat(*late_out).any()
         limit = instr.count1 if g.dataflow == "ws" else instr.count0
         dataflow = mm & ((limit > g.rows) | (instr.tag != 0 if g.dataflow == "os" else 0))
         bad_run = (op == Opcode.RUN) & ((instr.count0 == 0)
