@@ -150,9 +150,9 @@ def write_manifest(out: pathlib.Path, config: Config, stages: dict, extra_tools:
 # DSP blocks the design needs beside the PEs: the requantizer's 16-bit pieces of its
 # (acc_width + 1)-bit input, the controller's two MATMUL K-loop range products, and the
 # vector unit's per lane with every unit: nine MULT18X18D primitives (rtl/vector.py),
-# SOFTMAX's 22 x 20 e * f (up to four) and the i-exp square (one). The default's 8x8
-# with two lanes synthesizes to 96 = 64 + 2 + 2 + 2 x 14 (docs/fpga.md). With the ECP5
-# kind the primitives cannot move to LUTs, so this must not undercount.
+# SOFTMAX's 22 x 20 e * f (up to four) and the i-exp square (one); an upper bound (the
+# default's two lanes take 12 each at HEAD, docs/rtl.md). With the ECP5 kind the
+# primitives cannot move to LUTs, so this must not undercount.
 _CONTROLLER_MULTIPLIERS = 2
 _VECTOR_UNIT_MULTIPLIERS_PER_LANE = 14
 
