@@ -148,7 +148,8 @@ def write_manifest(out: pathlib.Path, config: Config, stages: dict, extra_tools:
 
 
 # DSP blocks the design needs beside the PEs: the requantizer's 16-bit pieces of its
-# (acc_width + 1)-bit input, the controller's two MATMUL K-loop range products, and the
+# (acc_width + 1)-bit input, the controller's MATMUL K-loop range products (generic `*`,
+# which Yosys may map to DSPs or the synth stage move to LUTs: 6 DSPs at HEAD), and the
 # vector unit's per lane with every unit: nine MULT18X18D primitives (rtl/vector.py),
 # SOFTMAX's 22 x 20 e * f (up to four) and the i-exp square (one); an upper bound (the
 # default's two lanes take 12 each at HEAD, docs/rtl.md). With the ECP5 kind the

@@ -650,9 +650,9 @@ class Controller(wiring.Component):
 
         Two registered steps, so that the code is exact from the second cycle that
         ``instr``, ``in_prog``, ``pos`` and ``tok`` hold their values: the first registers
-        the products and divisions (``staged``) and every verdict that reads none of
-        them (``early``: the opcode checks and the ranges whose rows are instruction
-        fields); the second adds the staged spans to their bases and picks the code."""
+        the products and divisions and every verdict that reads none of them (the opcode
+        checks and the ranges whose rows are instruction fields), all with ``staged``;
+        the second adds the staged spans to their bases and picks the code."""
         g = self.geometry
         op = instr.opcode
         cols = g.cols
@@ -661,10 +661,6 @@ class Controller(wiring.Component):
             reg = Signal(Value.cast(value).shape(), name=f"check_{name}")
             m.d.sync += reg.eq(value)
             return reg
-
-        def early(value, name):
-            # A verdict on instr, in_prog, pos and tok only: registered with the products.
-            return staged(value, name)
 
         def is_op(*opcodes):
             # Sorted: HOST_ONLY/PROGRAM_ONLY are sets, whose order changes with the hash seed,
@@ -770,20 +766,20 @@ class Controller(wiring.Component):
                         for memory, first, rows, when in ranges).any()
         late_out = []
         for j, ((memory, _, _), (base, rows, whens)) in enumerate(late.items()):
-            hit = early(Cat(*whens).any(), f"hit{j}")
-            room = early(depth[memory] - base, f"room{j}")
+            hit = staged(Cat(*whens).any(), f"hit{j}")
+            room = staged(depth[memory] - base, f"room{j}")
             late_out.append(hit & (rows > room))
-        out_of_range = early(early_out, "out_of_range") | Cat(*late_out).any()
+        out_of_range = staged(early_out, "out_of_range") | Cat(*late_out).any()
         limit = instr.count1 if g.dataflow == "ws" else instr.count0
         dataflow = mm & ((limit > g.rows) | (instr.tag != 0 if g.dataflow == "os" else 0))
         bad_run = (op == Opcode.RUN) & ((instr.count0 == 0)
                                         | (instr.count0 + instr.count1 > g.tokens)
                                         | (instr.addr0 >= g.program_words))
-        return Mux(early(illegal, "illegal"), ErrorCode.ILLEGAL_OPCODE,
-               Mux(early(no_unit, "no_unit"), ErrorCode.NO_UNIT,
+        return Mux(staged(illegal, "illegal"), ErrorCode.ILLEGAL_OPCODE,
+               Mux(staged(no_unit, "no_unit"), ErrorCode.NO_UNIT,
                Mux(out_of_range, ErrorCode.OUT_OF_RANGE,
-               Mux(early(dataflow, "dataflow"), ErrorCode.DATAFLOW_LIMIT,
-               Mux(early(bad_run, "bad_run"), ErrorCode.BAD_RUN, ErrorCode.OK)))))
+               Mux(staged(dataflow, "dataflow"), ErrorCode.DATAFLOW_LIMIT,
+               Mux(staged(bad_run, "bad_run"), ErrorCode.BAD_RUN, ErrorCode.OK)))))
 
 
 def _div_const(x, d):
