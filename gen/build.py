@@ -26,7 +26,7 @@ and a new seed or nextpnr option reruns only ``pnr`` and ``bitstream``. ``DIR`` 
     board.tim        nextpnr log; report.json: nextpnr's report       pnr
     resources.json   resources used/available, Fmax, critical path    pnr
     board.bin/.bit   the bitstream                                    bitstream
-    manifest.json    config, hash, git commit, tool versions, stage keys, states and times
+    manifest.json    config, hash, git commit (the Verilog's), tool versions, stage keys, states and times
     record.json      one numeric record of this build, written by every run (see below)
 
 After the first synthesis the netlist's cells are checked against the device (logic
@@ -63,8 +63,8 @@ from amaranth.back import verilog
 from .config import ConfigError, load_config, Config
 from .provenance import git_commit
 
-__all__ = ["STAGES", "BuildError", "Build", "build", "generate_verilog", "write_manifest",
-           "OutputLock", "main"]
+__all__ = ["STAGES", "BuildError", "Build", "build", "design_commit", "generate_verilog",
+           "write_manifest", "OutputLock", "main"]
 
 STAGES = ["verilog", "synth", "pnr", "bitstream", "program"]
 
@@ -133,13 +133,19 @@ def _write_json(path: pathlib.Path, data: dict):
     tmp.replace(path)
 
 
+def design_commit(stages: dict) -> str:
+    """The commit the build's Verilog was generated from: what its verilog stage recorded
+    when it ran (a commit made during a build does not relabel it), else HEAD's now."""
+    return (stages.get("verilog") or {}).get("git_commit") or git_commit()
+
+
 def write_manifest(out: pathlib.Path, config: Config, stages: dict, extra_tools: dict = None):
     manifest = {
         "config_name": config.name,
         "config_source": config.source,
         "config_hash": config.hash,
         "config": config.to_dict(),
-        "git_commit": git_commit(),
+        "git_commit": design_commit(stages),
         "tools": {**tool_versions(), **(extra_tools or {})},
         "stages": stages,
     }
@@ -883,6 +889,7 @@ class Build:
             return
         self._mark(stage, key, "running")
         start = time.monotonic()
+        commit = git_commit()       # the sources the stage reads are this commit's
         try:
             getattr(self, "_stage_" + stage)()
         except BuildError as e:
@@ -893,6 +900,8 @@ class Build:
             raise
         seconds = time.monotonic() - start
         extra = {}
+        if stage == "verilog":
+            extra = {"git_commit": commit}
         if stage == "synth":
             extra = {"multipliers_in_luts": self.multipliers_in_luts,
                      "yosys_runs_s": self.yosys_runs, "pre_place": self.pre_place}
@@ -932,7 +941,7 @@ class Build:
         record = {
             "config_name": self.config.name,
             "config_hash": self.config.hash,
-            "git_commit": git_commit(),
+            "git_commit": design_commit(self.stages),
             "board": self.board.name if self.board else None,
             "device": self.part,
             "family": self.family,

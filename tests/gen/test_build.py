@@ -228,6 +228,24 @@ def test_unknown_device_past_verilog(tmp_path, capsys):
     assert "device 'xc7a35t' is not known; known devices: up5k, hx8k" in line
 
 
+def test_a_commit_made_during_a_build_does_not_relabel_it(tmp_path, monkeypatch):
+    """The manifest and the record name the commit the Verilog was generated from, not
+    HEAD when a later stage ends (a commit made while place and route ran)."""
+    import gen.build
+    monkeypatch.setattr(gen.build, "git_commit", lambda: "a" * 40)
+    assert main(["--config", str(TINY), "--stage", "verilog", "--out", str(tmp_path)]) == 0
+    monkeypatch.setattr(gen.build, "git_commit", lambda: "b" * 40)
+    assert main(["--config", str(TINY), "--stage", "verilog", "--out", str(tmp_path)]) == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert manifest["stages"]["verilog"]["git_commit"] == "a" * 40
+    assert manifest["git_commit"] == record["git_commit"] == "a" * 40
+    # Verilog generated again (another design) is labelled with the commit of that run.
+    (tmp_path / "manifest.json").write_text(json.dumps({"stages": {}}))
+    assert main(["--config", str(TINY), "--stage", "verilog", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "record.json").read_text())["git_commit"] == "b" * 40
+
+
 # -- stage keys: content-addressed, recorded before each stage
 
 def _keys(out, **options):
