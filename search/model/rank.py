@@ -38,6 +38,11 @@ stderr), 130 interrupted.
 ``--pool DIR_A DIR_B ... --out DIR`` instead pools finished runs' tables (disjoint
 subnet sets ranked with one supernet, e.g. the set a proxy was chosen on and a
 held-out set) into one ranking: see :func:`pool_tables`.
+
+``--best-of DIR DIR_2 ... --out DIR`` takes a finished run and standalone runs of
+its subnets at other peak rates (the same config with another ``lr`` and ``out``,
+``--standalone-only``): each subnet's reference becomes its best rate's perplexity,
+a per-subnet rate sweep (see :func:`best_of_rates`); its table pools like any other.
 """
 
 import argparse
@@ -678,7 +683,9 @@ def pool_tables(dirs, *, bootstrap: int = 2000, seed: int = 0) -> dict:
                "subnets_per_set": [len(t["rows"]) for t in tables],
                "standalone_seeds_per_set": [t["summary"].get("mean_of_seeds", {}).get("standalone_seeds", 1)
                                             for t in tables],
-               "reference_is": "each subnet's mean of its standalone seeds (its one seed where it has one)",
+               "reference_is": "each subnet's mean of its standalone seeds (its one seed where it has one)"
+                               + (f", {first['standalone_lr']}" if isinstance(first["standalone_lr"], str)
+                                  else f", at peak rate {first['standalone_lr']:g}"),
                **{k: first[k] for k in POOL_MUST_AGREE}}
     if finetuned:
         summary["finetune"] = {k: v for k, v in fts[0].items() if k in ("steps", "lr", "seeds")}
@@ -733,6 +740,111 @@ def run_pool(dirs, out, *, bootstrap: int = 2000, seed: int = 0) -> dict:
     return pooled
 
 
+def best_of_rates(dirs, *, bootstrap: int = 2000, seed: int = 0) -> dict:
+    """Each subnet's standalone reference at its best peak rate of several: ``dirs[0]`` is a
+    finished ranking run (its ``table.json``: the subnets, their inherited and fine-tuned
+    scores, its standalone runs at one rate); every other dir holds standalone runs of the
+    same subnets at another rate, with the same steps, batch and seed (``--standalone-only``
+    with only ``lr`` and ``out`` changed). A row's reference is the lowest of its
+    perplexities over the rates (replica 0 of each), as a per-subnet rate sweep would pick;
+    the summary gives tau and rho against it and against each rate alone, and how many
+    subnets each rate won. Returns ``{"summary", "rows"}`` in ``table.json``'s form, so
+    that :func:`pool_tables` pools such tables."""
+    if len(dirs) < 2:
+        raise ModelConfigError("--best-of takes a ranking output and at least one more rate's")
+    path = pathlib.Path(dirs[0]) / "table.json"
+    if not path.exists():
+        raise ModelConfigError(f"{path} does not exist; run the ranking check for {dirs[0]} first")
+    table = json.loads(path.read_text())
+    first = table["summary"]
+    if "mean_of_seeds" in first:
+        raise ModelConfigError(f"{dirs[0]} has several standalone seeds; --best-of compares one "
+                               "seed a rate (standalone_seeds = 1)")
+    rates = [first["standalone_lr"]]
+    rows = [dict(r, standalone_ppl_by_lr={f"{rates[0]:g}": r["standalone_ppl"]}) for r in table["rows"]]
+    for d in dirs[1:]:
+        lr = None
+        for r in rows:
+            f = pathlib.Path(d) / "standalone" / f"{r['key']}.json"
+            if not f.exists():
+                raise ModelConfigError(f"{f} does not exist; train {d}'s standalone runs first "
+                                       "(--standalone-only)")
+            x = json.loads(f.read_text())
+            had = (x["steps"], x["batch_size"], x["seed"])
+            want = (first["standalone_steps"], first["standalone_batch"], r["seed"])
+            if had != want:
+                raise ModelConfigError(f"{f} was trained with steps, batch, seed {had}, not {want}")
+            if lr is not None and x["lr"] != lr:
+                raise ModelConfigError(f"{d} mixes standalone rates ({lr:g}, {x['lr']:g})")
+            lr = x["lr"]
+            r["standalone_ppl_by_lr"][f"{lr:g}"] = x["standalone_ppl"]
+        if lr in rates:
+            raise ModelConfigError(f"{d} has the rate {lr:g} again; give each rate once")
+        rates.append(lr)
+    for r in rows:
+        by = r["standalone_ppl_by_lr"]
+        r["standalone_lr_best"] = float(min(by, key=by.get))
+        r["standalone_ppl"] = min(by.values())
+    cfg = RankConfig(bootstrap=bootstrap, seed=seed)
+    scores = {"inherited": [r["inherited_ppl"] for r in rows]}
+    if "finetuned_ppl" in rows[0]:
+        scores["finetuned"] = [r["finetuned_ppl"] for r in rows]
+    y = [r["standalone_ppl"] for r in rows]
+    summary = {**{k: v for k, v in first.items() if k not in ("kendall_tau", "kendall_tau_ci95",
+                                                              "spearman_rho", "spearman_rho_ci95")},
+               **_correlations(scores["inherited"], y, cfg),
+               "standalone_lr": "best of " + ", ".join(f"{lr:g}" for lr in rates),
+               "subnets": len(rows), "standalone_lrs": rates, "sources": [str(d) for d in dirs],
+               "wins": {f"{lr:g}": sum(r["standalone_lr_best"] == lr for r in rows) for lr in rates},
+               "tau_and_params": kendall_tau([r["params"] for r in rows], y),
+               "tau_and_macs": kendall_tau([r["macs_per_token"] for r in rows], y),
+               "per_rate": {f"{lr:g}": {name: _correlations(x, [r["standalone_ppl_by_lr"][f"{lr:g}"]
+                                                                for r in rows], cfg)
+                                        for name, x in scores.items()} for lr in rates}}
+    if "finetuned" in scores:
+        summary["finetuned"] = {**first["finetuned"], **_correlations(scores["finetuned"], y, cfg)}
+    return {"summary": summary, "rows": rows}
+
+
+def format_best_of(result) -> str:
+    s, rows = result["summary"], result["rows"]
+    names = ["inherited"] + (["finetuned"] if "finetuned" in s else [])
+    label = lambda n: n if n == "inherited" else f"fine-tuned {_finetune_label(s['finetuned'])}"
+    lines = [f"{s['subnets']} subnets; reference: each subnet's lowest standalone perplexity over the "
+             f"peak rates {', '.join(f'{lr:g}' for lr in s['standalone_lrs'])} (one seed a rate; "
+             + ", ".join(f"{lr} the best for {n}" for lr, n in s["wins"].items())
+             + f"); {s['standalone_steps']} steps x {s['standalone_batch']} sequences each.", "",
+             f"Inherited vs the best rate: {_correlation_line(s)}."]
+    if "finetuned" in s:
+        lines.append(f"{label('finetuned').capitalize()} vs the best rate: {_correlation_line(s['finetuned'])}.")
+    lines += ["", "| reference | " + " | ".join(f"{n} tau | {n} rho" for n in names) + " |",
+              "|---|" + "---:|---:|" * len(names)]
+    best = {"inherited": s, **({"finetuned": s["finetuned"]} if "finetuned" in s else {})}
+    for ref, cs in [("best rate", best)] + [(f"rate {lr}", c) for lr, c in s["per_rate"].items()]:
+        lines.append(f"| {ref} | " + " | ".join(f"{cs[n]['kendall_tau']:.3f} | {cs[n]['spearman_rho']:.3f}"
+                                                for n in names) + " |")
+    rates = list(s["wins"])
+    lines += ["", "| subnet | inherited ppl | " + ("fine-tuned ppl | " if "finetuned" in s else "")
+              + " | ".join(f"standalone at {lr}" for lr in rates) + " | reference |",
+              "|---|---:|" + ("---:|" if "finetuned" in s else "") + "---:|" * (len(rates) + 1)]
+    for r in sorted(rows, key=lambda r: r["standalone_ppl"]):
+        lines.append(f"| `{r['short']}` | {r['inherited_ppl']:.3f} | "
+                     + (f"{r['finetuned_ppl']:.3f} | " if "finetuned" in s else "")
+                     + " | ".join(f"{r['standalone_ppl_by_lr'][lr]:.3f}" for lr in rates)
+                     + f" | {r['standalone_ppl']:.3f} |")
+    return "\n".join(lines)
+
+
+def run_best_of(dirs, out, *, bootstrap: int = 2000, seed: int = 0) -> dict:
+    """:func:`best_of_rates`, written as ``table.json`` and ``table.md`` into ``out``."""
+    result = best_of_rates(dirs, bootstrap=bootstrap, seed=seed)
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "table.json", json.dumps(result, indent=2) + "\n")
+    _atomic_write(out / "table.md", format_best_of(result) + "\n")
+    return result
+
+
 def _plot(rows, summary, path):
     plt = _pyplot()
     if plt is None:
@@ -777,13 +889,17 @@ def main(argv=None):
     parser.add_argument("--standalone-only", action="store_true", help="stop after the standalone training")
     parser.add_argument("--pool", nargs="+", metavar="DIR",
                         help="instead: pool the table.json of these ranking outputs into --out")
+    parser.add_argument("--best-of", nargs="+", metavar="DIR",
+                        help="instead: a ranking output and other rates' standalone runs of its "
+                             "subnets; the reference is each subnet's best rate (into --out)")
     args = parser.parse_args(argv)
-    if bool(args.pool) == bool(args.config) or (args.pool and not args.out):
-        parser.error("give --config, or --pool DIR DIR ... with --out")
+    if sum(map(bool, (args.pool, args.best_of, args.config))) != 1 \
+            or ((args.pool or args.best_of) and not args.out):
+        parser.error("give --config, or --pool DIR DIR ... or --best-of DIR DIR ... with --out")
 
     def work():
-        if args.pool:
-            run_pool(args.pool, args.out)
+        if args.pool or args.best_of:
+            (run_pool if args.pool else run_best_of)(args.pool or args.best_of, args.out)
             print((pathlib.Path(args.out) / "table.md").read_text())
             return
         cfg = load_rank_config(args.config)

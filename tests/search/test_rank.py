@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from search.model.config import ModelConfigError, load_run_config
-from search.model.rank import (FINETUNE_SEED_BASE, SEED_STRIDE, RankConfig, bootstrap_ci, finetune_seed,
-                               finetune_stem, kendall_tau, load_rank_config, main, pick_subnets, pool_tables,
+from search.model.rank import (FINETUNE_SEED_BASE, SEED_STRIDE, RankConfig, best_of_rates, bootstrap_ci,
+                               finetune_seed, finetune_stem, kendall_tau, load_rank_config, main, pick_subnets, pool_tables,
                                replica_seed, run_rank, spearman_rho)
 from search.model.space import count_params, macs_per_token
 from search.model.train import train_supernet
@@ -340,6 +340,70 @@ def test_pooling_tables_against_a_hand_count(tmp_path, capsys):
     assert set(pool_tables([a, e])["summary"]["reference"]) == {"inherited"}
     with pytest.raises(SystemExit):  # --pool needs --out
         main(["--pool", str(a), str(b)])
+
+
+def _other_rate(tmp_path, name, ppls, lr=8e-3, steps=6, seeds=None):
+    d = tmp_path / name
+    (d / "standalone").mkdir(parents=True)
+    for i, (key, ppl) in enumerate(ppls.items()):
+        (d / "standalone" / f"{key}.json").write_text(json.dumps(
+            {"key": key, "standalone_ppl": ppl, "steps": steps, "batch_size": 4, "lr": lr,
+             "seed": (seeds or {}).get(key, i)}))
+    return d
+
+
+def test_best_rate_reference_against_a_hand_count(tmp_path, capsys):
+    rows = [dict(_row(f"s{i}", inh, ft, st), seed=i, params=100 + i, macs_per_token=200 - i)
+            for i, (inh, ft, st) in enumerate([(8.0, 7.0, 6.0), (8.4, 7.6, 7.9), (9.0, 7.4, 7.1),
+                                               (8.6, 7.8, 6.5), (9.5, 8.3, 8.8)])]
+    a = _table(tmp_path, "a", rows)
+    hi = _other_rate(tmp_path, "hi", {"s0": 6.3, "s1": 6.9, "s2": 7.4, "s3": 9.2, "s4": 8.1})
+    result = best_of_rates([a, hi], bootstrap=100)
+    s = result["summary"]
+    best = [6.0, 6.9, 7.1, 6.5, 8.1]          # by hand: the lower of each subnet's two
+    assert [r["standalone_ppl"] for r in result["rows"]] == best
+    assert [r["standalone_lr_best"] for r in result["rows"]] == [1e-3, 8e-3, 1e-3, 1e-3, 8e-3]
+    assert s["wins"] == {"0.001": 3, "0.008": 2} and s["standalone_lr"] == "best of 0.001, 0.008"
+    inh, ft = [8.0, 8.4, 9.0, 8.6, 9.5], [7.0, 7.6, 7.4, 7.8, 8.3]
+    # Ordered by the fine-tuned score the references read 6.0 7.1 6.9 6.5 8.1: 3 of 10 pairs
+    # swapped; by the inherited score 6.0 6.9 6.5 7.1 8.1: 1 swapped.
+    assert s["finetuned"]["kendall_tau"] == pytest.approx(1 - 2 * 3 / 10) == _tau_by_hand(ft, best)
+    assert s["kendall_tau"] == pytest.approx(1 - 2 * 1 / 10) == pytest.approx(_tau_by_hand(inh, best))
+    assert s["finetuned"]["spearman_rho"] == pytest.approx(_rho_by_hand(ft, best))
+    assert s["per_rate"]["0.008"]["finetuned"]["kendall_tau"] == pytest.approx(
+        _tau_by_hand(ft, [6.3, 6.9, 7.4, 9.2, 8.1]))
+    assert s["per_rate"]["0.001"]["inherited"]["kendall_tau"] == pytest.approx(
+        _tau_by_hand(inh, [6.0, 7.9, 7.1, 6.5, 8.8]))
+    assert s["finetuned"]["steps"] == 2     # the fine-tune's description is kept
+    # Written as a table that pools: a second set's best-of table beside it.
+    assert main(["--best-of", str(a), str(hi), "--out", str(tmp_path / "best")]) == 0
+    out = capsys.readouterr().out
+    assert "5 subnets; reference: each subnet's lowest standalone perplexity" in out
+    assert "| `s3` | 8.600 | 7.800 | 6.500 | 9.200 | 6.500 |" in out
+    rows_b = [dict(_row(f"t{i}", 8 + i, 7.05 + i, 6 + i), seed=i, params=1, macs_per_token=1) for i in range(3)]
+    b = _table(tmp_path, "b", rows_b)
+    hi_b = _other_rate(tmp_path, "hi_b", {"t0": 5.5, "t1": 7.5, "t2": 7.9})
+    assert main(["--best-of", str(b), str(hi_b), "--out", str(tmp_path / "best_b")]) == 0
+    pooled = pool_tables([tmp_path / "best", tmp_path / "best_b"], bootstrap=100)["summary"]
+    assert pooled["subnets"] == 8 and "best of 0.001, 0.008" in pooled["reference_is"]
+    assert pooled["reference"]["finetuned"]["kendall_tau"] == pytest.approx(
+        _tau_by_hand(ft + [7.05, 8.05, 9.05], best + [5.5, 7.0, 7.9]))
+    # Runs of another budget or seed, the same rate twice, a missing run, several seeds.
+    with pytest.raises(ModelConfigError, match="steps, batch, seed"):
+        best_of_rates([a, _other_rate(tmp_path, "short", {f"s{i}": 7.0 for i in range(5)}, steps=3)])
+    with pytest.raises(ModelConfigError, match="steps, batch, seed"):
+        best_of_rates([a, _other_rate(tmp_path, "seeded", {f"s{i}": 7.0 for i in range(5)}, seeds={"s2": 9})])
+    with pytest.raises(ModelConfigError, match="the rate 0.001 again"):
+        best_of_rates([a, _other_rate(tmp_path, "same", {f"s{i}": 7.0 for i in range(5)}, lr=1e-3)])
+    with pytest.raises(ModelConfigError, match="does not exist"):
+        best_of_rates([a, _other_rate(tmp_path, "part", {"s0": 7.0})])
+    multi = _table(tmp_path, "multi", rows, mean_of_seeds={"standalone_seeds": 3})
+    with pytest.raises(ModelConfigError, match="several standalone seeds"):
+        best_of_rates([multi, hi])
+    with pytest.raises(SystemExit):  # --best-of needs --out; one mode at a time
+        main(["--best-of", str(a), str(hi)])
+    with pytest.raises(SystemExit):
+        main(["--best-of", str(a), str(hi), "--pool", str(a), str(b), "--out", str(tmp_path / "x")])
 
 
 def test_a_bad_rank_config_is_one_line(tmp_path, capsys):
