@@ -800,7 +800,12 @@ def best_of_rates(dirs, *, bootstrap: int = 2000, seed: int = 0) -> dict:
                "tau_and_macs": kendall_tau([r["macs_per_token"] for r in rows], y),
                "per_rate": {f"{lr:g}": {name: _correlations(x, [r["standalone_ppl_by_lr"][f"{lr:g}"]
                                                                 for r in rows], cfg)
-                                        for name, x in scores.items()} for lr in rates}}
+                                        for name, x in scores.items()} for lr in rates},
+               # How far one fixed rate's order is from another's: the ceiling a score can
+               # reach against both.
+               "rate_to_rate": [{"rates": [f"{a:g}", f"{b:g}"], **_correlations(
+                   *[[r["standalone_ppl_by_lr"][f"{v:g}"] for r in rows] for v in (a, b)], cfg)}
+                   for i, a in enumerate(rates) for b in rates[i + 1:]]}
     if "finetuned" in scores:
         summary["finetuned"] = {**first["finetuned"], **_correlations(scores["finetuned"], y, cfg)}
     return {"summary": summary, "rows": rows}
@@ -823,6 +828,8 @@ def format_best_of(result) -> str:
     for ref, cs in [("best rate", best)] + [(f"rate {lr}", c) for lr, c in s["per_rate"].items()]:
         lines.append(f"| {ref} | " + " | ".join(f"{cs[n]['kendall_tau']:.3f} | {cs[n]['spearman_rho']:.3f}"
                                                 for n in names) + " |")
+    lines += [""] + [f"Standalone at {a} vs at {b}: {_correlation_line(c)}." for c in s["rate_to_rate"]
+                     for a, b in [c["rates"]]]
     rates = list(s["wins"])
     lines += ["", "| subnet | inherited ppl | " + ("fine-tuned ppl | " if "finetuned" in s else "")
               + " | ".join(f"standalone at {lr}" for lr in rates) + " | reference |",

@@ -375,6 +375,9 @@ def test_best_rate_reference_against_a_hand_count(tmp_path, capsys):
     assert s["per_rate"]["0.001"]["inherited"]["kendall_tau"] == pytest.approx(
         _tau_by_hand(inh, [6.0, 7.9, 7.1, 6.5, 8.8]))
     assert s["finetuned"]["steps"] == 2     # the fine-tune's description is kept
+    assert s["rate_to_rate"][0]["rates"] == ["0.001", "0.008"]
+    assert s["rate_to_rate"][0]["kendall_tau"] == pytest.approx(
+        _tau_by_hand([6.0, 7.9, 7.1, 6.5, 8.8], [6.3, 6.9, 7.4, 9.2, 8.1]))
     # Written as a table that pools: a second set's best-of table beside it.
     assert main(["--best-of", str(a), str(hi), "--out", str(tmp_path / "best")]) == 0
     out = capsys.readouterr().out
