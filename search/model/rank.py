@@ -730,14 +730,19 @@ def format_pool(pooled) -> str:
     return "\n".join(lines)
 
 
+def _write_tables(out, result: dict, text: str) -> dict:
+    """``result`` as ``table.json`` and ``text`` as ``table.md`` into ``out``."""
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "table.json", json.dumps(result, indent=2) + "\n")
+    _atomic_write(out / "table.md", text + "\n")
+    return result
+
+
 def run_pool(dirs, out, *, bootstrap: int = 2000, seed: int = 0) -> dict:
     """:func:`pool_tables`, written as ``table.json`` and ``table.md`` into ``out``."""
     pooled = pool_tables(dirs, bootstrap=bootstrap, seed=seed)
-    out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "table.json", json.dumps(pooled, indent=2) + "\n")
-    _atomic_write(out / "table.md", format_pool(pooled) + "\n")
-    return pooled
+    return _write_tables(out, pooled, format_pool(pooled))
 
 
 def best_of_rates(dirs, *, bootstrap: int = 2000, seed: int = 0) -> dict:
@@ -845,11 +850,7 @@ def format_best_of(result) -> str:
 def run_best_of(dirs, out, *, bootstrap: int = 2000, seed: int = 0) -> dict:
     """:func:`best_of_rates`, written as ``table.json`` and ``table.md`` into ``out``."""
     result = best_of_rates(dirs, bootstrap=bootstrap, seed=seed)
-    out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "table.json", json.dumps(result, indent=2) + "\n")
-    _atomic_write(out / "table.md", format_best_of(result) + "\n")
-    return result
+    return _write_tables(out, result, format_best_of(result))
 
 
 def _plot(rows, summary, path):
