@@ -889,7 +889,7 @@ class Build:
             return
         self._mark(stage, key, "running")
         start = time.monotonic()
-        commit = git_commit()       # the sources the stage reads are this commit's
+        commit = git_commit() if stage == "verilog" else None   # the sources it elaborates
         try:
             getattr(self, "_stage_" + stage)()
         except BuildError as e:

@@ -786,10 +786,11 @@ def best_of_rates(dirs, *, bootstrap: int = 2000, seed: int = 0) -> dict:
         if lr in rates:
             raise ModelConfigError(f"{d} has the rate {lr:g} again; give each rate once")
         rates.append(lr)
+    rate_of = {f"{lr:g}": lr for lr in rates}
     for r in rows:
         by = r["standalone_ppl_by_lr"]
-        r["standalone_lr_best"] = float(min(by, key=by.get))
-        r["standalone_ppl"] = min(by.values())
+        r["standalone_lr_best"] = rate_of[min(by, key=by.get)]
+        r["standalone_ppl"] = by[min(by, key=by.get)]
     cfg = RankConfig(bootstrap=bootstrap, seed=seed)
     scores = {"inherited": [r["inherited_ppl"] for r in rows]}
     if "finetuned_ppl" in rows[0]:

@@ -240,7 +240,7 @@ def test_a_commit_made_during_a_build_does_not_relabel_it(tmp_path, monkeypatch)
     record = json.loads((tmp_path / "record.json").read_text())
     assert manifest["stages"]["verilog"]["git_commit"] == "a" * 40
     assert manifest["git_commit"] == record["git_commit"] == "a" * 40
-    # Verilog generated again (another design) is labelled with the commit of that run.
+    # Verilog generated again (here: its stage's record wiped) takes the commit of that run.
     (tmp_path / "manifest.json").write_text(json.dumps({"stages": {}}))
     assert main(["--config", str(TINY), "--stage", "verilog", "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "record.json").read_text())["git_commit"] == "b" * 40
