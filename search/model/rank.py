@@ -12,8 +12,9 @@ percentile bootstrap confidence intervals over the subnets.
 Writes ``table.md``, ``table.json``, ``rank.png`` and ``manifest.json`` into
 the output directory, and one ``standalone/<key>.json`` (and ``.pt``) per
 trained subnet: rerunning skips the subnets already trained, so an
-interrupted run resumes (a finished run whose steps, batch, learning rate or
-seed differ from the config's is an error, not reused). Fine-tune results
+interrupted run resumes (a finished run whose steps, batch, learning rate,
+warmup or seed differ from the config's is an error, not reused). Each run
+records its training loss every 50 steps (``train_loss``). Fine-tune results
 (``<key>.finetune<steps>.<checkpoint sha256>.json``; ``.lr<rate>`` and
 ``.replica<r>`` before the digest for another peak rate than the supernet's and
 for the further fine-tunes of ``finetune_seeds``) are kept per supernet
@@ -134,6 +135,8 @@ class RankConfig:
         tokens as the supernet gave each subnet of a sandwich step).
     lr : the standalone runs' peak learning rate (0 = the supernet's). Set, it
         keeps the reference fixed while the supernet's own rate is tuned.
+    warmup_steps : the standalone runs' linear warmup (0 = the supernet's); with
+        ``lr`` it is the reference's recipe.
     finetune_steps : when > 0, each subnet's extracted weights are also
         fine-tuned this many steps (the supernet's batch and peak learning rate,
         10% warmup, cosine) and the correlation reported before and after.
@@ -162,6 +165,7 @@ class RankConfig:
     steps: int = 0
     batch_size: int = 0
     lr: float = 0.0
+    warmup_steps: int = 0
     finetune_steps: int = 0
     finetune_seeds: int = 1
     finetune_lr: float = 0.0
@@ -179,7 +183,8 @@ class RankConfig:
                 raise ValueError(f"{name} must be in [0, 1], not {getattr(self, name)!r}")
         if self.weight_kib <= 0 or self.mac_band < 1:
             raise ValueError("weight_kib must be positive and mac_band at least 1")
-        for name in ("steps", "batch_size", "finetune_steps", "eval_tokens", "bootstrap", "threads", "seed"):
+        for name in ("steps", "batch_size", "warmup_steps", "finetune_steps", "eval_tokens", "bootstrap",
+                     "threads", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)!r}")
         if self.standalone_seeds < 1:
@@ -240,7 +245,8 @@ def spearman_rho(x, y) -> float:
 
 def bootstrap_ci(stat, x, y, *, resamples=2000, level=0.95, seed=0) -> tuple:
     """Percentile bootstrap interval of ``stat(x, y)`` over pairs drawn with replacement
-    (resamples where the statistic is undefined, e.g. all one subnet, are skipped)."""
+    (resamples where the statistic is undefined, e.g. all one subnet, are skipped; NaNs
+    when every one is, e.g. a constant reference)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     rng = np.random.default_rng(seed)
     values = []
@@ -249,6 +255,8 @@ def bootstrap_ci(stat, x, y, *, resamples=2000, level=0.95, seed=0) -> tuple:
         v = stat(x[i], y[i])
         if not math.isnan(v):
             values.append(v)
+    if not values:
+        return math.nan, math.nan
     lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
@@ -278,25 +286,35 @@ def pick_subnets(space: SearchSpace, n: int, *, weight_kib: float, mac_band: flo
 
 
 def train_standalone(sub: SubnetConfig, tokens: torch.Tensor, *, steps: int, batch_size: int, train_cfg,
-                     seed: int, model: Transformer | None = None) -> Transformer:
+                     seed: int, model: Transformer | None = None, curve: list | None = None,
+                     curve_every: int = 50) -> Transformer:
     """``sub`` trained as a plain :class:`Transformer` with the supernet's
     optimizer, learning-rate schedule and clipping: from scratch, or from
-    ``model``'s weights (a fine-tune of an extracted subnet)."""
+    ``model``'s weights (a fine-tune of an extracted subnet). With ``curve`` a
+    list, ``[step, mean training loss of the last curve_every steps]`` is
+    appended to it every ``curve_every`` steps (and at the last)."""
     torch.manual_seed(seed)
     model = Transformer(sub) if model is None else model
     cfg = replace(train_cfg, steps=steps)
     opt = _optimizer(model, cfg)
     gen = torch.Generator().manual_seed(seed + 1)
     model.train()
+    window = []
     for step in range(1, steps + 1):
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg)
         x, y = random_batch(tokens, batch_size, sub.context_len, gen)
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
+        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
+        if curve is not None:
+            window.append(loss.item())
+            if step % curve_every == 0 or step == steps:
+                curve.append([step, sum(window) / len(window)])
+                window = []
     return model.eval()
 
 
@@ -307,22 +325,24 @@ def _init_worker():
 def _standalone_job(args):
     """One subnet's standalone run in a worker; writes ``<stem>.json`` and ``<stem>.pt``
     (see :func:`replica_stem`)."""
-    sub_dict, where, supernet_config, steps, batch, lr, eval_tokens, seed, threads, replica = args
+    sub_dict, where, supernet_config, steps, batch, lr, warmup, eval_tokens, seed, threads, replica = args
     torch.set_num_threads(threads)
     sub = SubnetConfig.from_dict(sub_dict)
     run = load_run_config(supernet_config)
     corpus = load_corpus(run.train.corpus, run.train.corpus_path or None)
     t0 = time.perf_counter()
-    model = train_standalone(sub, corpus.train, steps=steps, batch_size=batch,
-                             train_cfg=_standalone_train(run.train, lr), seed=seed)
+    curve = []
+    recipe = _standalone_train(run.train, lr, warmup)
+    model = train_standalone(sub, corpus.train, steps=steps, batch_size=batch, train_cfg=recipe, seed=seed,
+                             curve=curve)
     train_s = time.perf_counter() - t0
     ppl = math.exp(nll(model, None, corpus.valid, max_tokens=eval_tokens))
     where = pathlib.Path(where)
     stem = replica_stem(sub.key(), replica)
     _atomic_save(model.state_dict(), where / f"{stem}.pt")
     result = {"subnet": sub_dict, "key": sub.key(), "standalone_ppl": ppl, "train_s": train_s,
-              "steps": steps, "batch_size": batch, "lr": _standalone_train(run.train, lr).lr,
-              "tokens": steps * batch * sub.context_len, "seed": seed}
+              "steps": steps, "batch_size": batch, "lr": recipe.lr, "warmup_steps": recipe.warmup_steps,
+              "tokens": steps * batch * sub.context_len, "seed": seed, "train_loss": curve}
     if replica:  # replica 0's file keeps the one-seed runs' fields exactly
         result["replica"] = replica
     _atomic_write(where / f"{stem}.json", json.dumps(result, indent=2) + "\n")
@@ -335,19 +355,20 @@ def _progress(i: int, n: int, r: dict) -> str:
             f"({r['train_s']:.0f} s) {SubnetConfig.from_dict(r['subnet']).short()}")
 
 
-def _standalone_train(train_cfg, lr: float):
-    """The supernet's training settings with the standalone peak rate (0 = its own)."""
-    return replace(train_cfg, lr=lr, min_lr=min(train_cfg.min_lr, lr)) if lr else train_cfg
+def _standalone_train(train_cfg, lr: float, warmup: int = 0):
+    """The supernet's training settings with the standalone peak rate and warmup (0 = its own)."""
+    cfg = replace(train_cfg, lr=lr, min_lr=min(train_cfg.min_lr, lr)) if lr else train_cfg
+    return replace(cfg, warmup_steps=warmup) if warmup else cfg
 
 
-def _check_cached(path: pathlib.Path, steps: int, batch: int, lr: float, seed: int) -> None:
+def _check_cached(path: pathlib.Path, steps: int, batch: int, lr: float, seed: int, warmup: int) -> None:
     """A finished standalone run is reused only if trained as this config asks
-    (results from before ``lr`` was recorded are taken at their word on it)."""
+    (results from before ``lr`` or ``warmup_steps`` was recorded are taken at their word on it)."""
     r = json.loads(path.read_text())
-    had = (r["steps"], r["batch_size"], r.get("lr", lr), r["seed"])
-    if had != (steps, batch, lr, seed):
-        raise ModelConfigError(f"{path} was trained with steps, batch, lr, seed {had}, not "
-                               f"{(steps, batch, lr, seed)}; use another out")
+    had = (r["steps"], r["batch_size"], r.get("lr", lr), r["seed"], r.get("warmup_steps", warmup))
+    if had != (steps, batch, lr, seed, warmup):
+        raise ModelConfigError(f"{path} was trained with steps, batch, lr, seed, warmup {had}, not "
+                               f"{(steps, batch, lr, seed, warmup)}; use another out")
 
 
 def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False, quiet: bool = False) -> dict:
@@ -371,17 +392,18 @@ def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False
     # finished with fewer seeds.
     runs = [(i, s, r) for r in replicas for i, s in enumerate(subs)]
     todo = [(i, s, r) for i, s, r in runs if not result_path(s, r).exists()]
-    lr = _standalone_train(run.train, cfg.lr).lr
+    recipe = _standalone_train(run.train, cfg.lr, cfg.warmup_steps)
+    lr = recipe.lr
     for i, s, r in runs:
         if (i, s, r) not in todo:
-            _check_cached(result_path(s, r), steps, batch, lr, replica_seed(cfg.seed, i, r))
+            _check_cached(result_path(s, r), steps, batch, lr, replica_seed(cfg.seed, i, r), recipe.warmup_steps)
     say(f"{len(subs)} subnets <= {cfg.weight_kib:g} KiB int8, MACs/token "
         f"{min(macs_per_token(s, s.context_len) for s in subs):,.0f}-"
         f"{max(macs_per_token(s, s.context_len) for s in subs):,.0f}; "
         + (f"{cfg.standalone_seeds} seeds each; " if cfg.standalone_seeds > 1 else "")
         + f"{len(runs) - len(todo)} trained, "
         f"{len(todo)} to train ({steps} steps x {batch} x {space.context_len} tokens each, {workers} worker(s))")
-    jobs = [(s.to_dict(), str(where), cfg.supernet_config, steps, batch, cfg.lr, cfg.eval_tokens,
+    jobs = [(s.to_dict(), str(where), cfg.supernet_config, steps, batch, cfg.lr, cfg.warmup_steps, cfg.eval_tokens,
              replica_seed(cfg.seed, i, r), cfg.threads, r) for i, s, r in todo]
     if jobs:
         t0 = time.perf_counter()
@@ -413,7 +435,8 @@ def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False
     y = [r["standalone_ppl"] for r in rows]
     summary = {**_correlations([r["inherited_ppl"] for r in rows], y, cfg), "subnets": len(rows), "standalone_steps": steps, "standalone_batch": batch,
                "supernet_steps": run.train.steps, "supernet_batch": run.train.batch_size,
-               "standalone_lr": lr, "eval_tokens": cfg.eval_tokens, "checkpoint": str(checkpoint)}
+               "standalone_lr": lr, "standalone_warmup": recipe.warmup_steps, "eval_tokens": cfg.eval_tokens,
+               "checkpoint": str(checkpoint)}
     summary["tau_and_params"] = kendall_tau([r["params"] for r in rows], y)
     summary["tau_and_macs"] = kendall_tau([r["macs_per_token"] for r in rows], y)
     if cfg.finetune_steps:
@@ -663,8 +686,10 @@ def pool_tables(dirs, *, bootstrap: int = 2000, seed: int = 0) -> dict:
         tables.append(json.loads(path.read_text()))
     first = tables[0]["summary"]
     for d, t in zip(dirs[1:], tables[1:]):
-        had = {k: t["summary"][k] for k in POOL_MUST_AGREE}
-        want = {k: first[k] for k in POOL_MUST_AGREE}
+        # The warmup is compared where both tables record it (older ones are taken at their word).
+        both = [k for k in ("standalone_warmup",) if k in t["summary"] and k in first]
+        had = {k: t["summary"][k] for k in POOL_MUST_AGREE + tuple(both)}
+        want = {k: first[k] for k in POOL_MUST_AGREE + tuple(both)}
         if had != want:
             raise ModelConfigError(f"{d} was ranked with {had}, {dirs[0]} with {want}: not poolable")
     fts = [t["summary"].get("finetuned") for t in tables]
@@ -779,6 +804,10 @@ def best_of_rates(dirs, *, bootstrap: int = 2000, seed: int = 0) -> dict:
             want = (first["standalone_steps"], first["standalone_batch"], r["seed"])
             if had != want:
                 raise ModelConfigError(f"{f} was trained with steps, batch, seed {had}, not {want}")
+            warmups = (x.get("warmup_steps"), first.get("standalone_warmup"))
+            if None not in warmups and warmups[0] != warmups[1]:
+                raise ModelConfigError(f"{f} was warmed up {warmups[0]} steps, {dirs[0]}'s runs "
+                                       f"{warmups[1]}: --best-of compares rates of one recipe")
             if lr is not None and x["lr"] != lr:
                 raise ModelConfigError(f"{d} mixes standalone rates ({lr:g}, {x['lr']:g})")
             lr = x["lr"]

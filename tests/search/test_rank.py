@@ -5,13 +5,17 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from search.model.config import ModelConfigError, load_run_config
-from search.model.rank import (FINETUNE_SEED_BASE, SEED_STRIDE, RankConfig, best_of_rates, bootstrap_ci,
-                               finetune_seed, finetune_stem, kendall_tau, load_rank_config, main,
-                               pick_subnets, pool_tables, replica_seed, run_rank, spearman_rho)
-from search.model.space import count_params, macs_per_token
+from search.model.data import random_batch
+from search.model.rank import (FINETUNE_SEED_BASE, SEED_STRIDE, RankConfig, _standalone_train, best_of_rates,
+                               bootstrap_ci, finetune_seed, finetune_stem, kendall_tau, load_rank_config, main,
+                               pick_subnets, pool_tables, replica_seed, run_rank, spearman_rho,
+                               train_standalone)
+from search.model.space import SubnetConfig, count_params, macs_per_token
 from search.model.train import train_supernet
+from search.model.transformer import Transformer
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
@@ -29,6 +33,8 @@ def test_rank_correlations_by_hand():
     y = x + np.random.default_rng(0).normal(0, 3, 12)
     lo, hi = bootstrap_ci(kendall_tau, x, y, resamples=300)
     assert -1 <= lo < kendall_tau(x, y) < hi <= 1
+    # A constant reference has no tau in any resample: no interval, not a crash.
+    assert all(math.isnan(v) for v in bootstrap_ci(kendall_tau, x, np.full(12, 7.0), resamples=20))
 
 
 def test_subnets_fit_the_budget_in_a_band_of_macs():
@@ -99,7 +105,7 @@ def test_rank_end_to_end_on_a_tiny_supernet(shakespeare, tmp_path, capsys, monke
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "rank" / "standalone").glob("*.json")) == before
     # Reuse is only of runs trained as asked: another standalone rate is an error, not a silent mix.
     assert all(r["lr"] == 1e-3 for r in result["rows"]) and s["standalone_lr"] == 1e-3
-    with pytest.raises(ModelConfigError, match="was trained with steps, batch, lr, seed"):
+    with pytest.raises(ModelConfigError, match="was trained with steps, batch, lr, seed, warmup"):
         run_rank(replace(load_rank_config(tmp_path / "rank.toml"), lr=2e-3), quiet=True)
     # Fine-tunes start from the checkpoint, so their results are kept per checkpoint.
     assert len(list((tmp_path / "rank" / "standalone").glob("*.finetune2.*.json"))) == 4
@@ -140,9 +146,11 @@ def test_standalone_seeds_on_a_tiny_supernet(shakespeare, tmp_path, monkeypatch)
     assert cfg.standalone_seeds == 1 and not list(where.glob("*replica*"))
     assert set(one) == {"kendall_tau", "kendall_tau_ci95", "spearman_rho", "spearman_rho_ci95", "subnets",
                         "standalone_steps", "standalone_batch", "supernet_steps", "supernet_batch",
-                        "standalone_lr", "eval_tokens", "checkpoint", "tau_and_params", "tau_and_macs",
+                        "standalone_lr", "standalone_warmup", "eval_tokens", "checkpoint", "tau_and_params",
+                        "tau_and_macs",
                         "finetuned"}
     assert set(one_json["rows"][0]) == {"subnet", "key", "standalone_ppl", "train_s", "steps", "batch_size", "lr",
+                                        "warmup_steps", "train_loss",
                                         "tokens", "seed", "inherited_ppl", "params", "macs_per_token", "short",
                                         "finetuned_ppl"}
     table = (tmp_path / "rank" / "table.md").read_text()
@@ -203,7 +211,7 @@ def test_standalone_seeds_on_a_tiny_supernet(shakespeare, tmp_path, monkeypatch)
     # A replica trained otherwise (here: under another seed) is an error, not silently reused.
     stale = json.loads(lost.read_text())
     lost.write_text(json.dumps({**stale, "seed": 2}))
-    with pytest.raises(ModelConfigError, match=r"replica2\.json was trained with steps, batch, lr, seed"):
+    with pytest.raises(ModelConfigError, match=r"replica2\.json was trained with steps, batch, lr, seed, warmup"):
         run_rank(replace(cfg, standalone_seeds=3), quiet=True)
 
 
@@ -342,13 +350,13 @@ def test_pooling_tables_against_a_hand_count(tmp_path, capsys):
         main(["--pool", str(a), str(b)])
 
 
-def _other_rate(tmp_path, name, ppls, lr=8e-3, steps=6, seeds=None):
+def _other_rate(tmp_path, name, ppls, lr=8e-3, steps=6, seeds=None, **more):
     d = tmp_path / name
     (d / "standalone").mkdir(parents=True)
     for i, (key, ppl) in enumerate(ppls.items()):
         (d / "standalone" / f"{key}.json").write_text(json.dumps(
             {"key": key, "standalone_ppl": ppl, "steps": steps, "batch_size": 4, "lr": lr,
-             "seed": (seeds or {}).get(key, i)}))
+             "seed": (seeds or {}).get(key, i), **more}))
     return d
 
 
@@ -398,6 +406,13 @@ def test_best_rate_reference_against_a_hand_count(tmp_path, capsys):
         best_of_rates([a, _other_rate(tmp_path, "short", {f"s{i}": 7.0 for i in range(5)}, steps=3)])
     with pytest.raises(ModelConfigError, match="steps, batch, seed"):
         best_of_rates([a, _other_rate(tmp_path, "seeded", {f"s{i}": 7.0 for i in range(5)}, seeds={"s2": 9})])
+    # Another warmup is another recipe, not another rate (runs that do not record one are taken
+    # at their word, as above).
+    warm = _table(tmp_path, "warm", rows, standalone_warmup=5)
+    assert best_of_rates([warm, _other_rate(tmp_path, "warm5", {f"s{i}": 7.0 for i in range(5)},
+                                            warmup_steps=5)])["summary"]["subnets"] == 5
+    with pytest.raises(ModelConfigError, match="warmed up 1 steps, .*warm's runs 5"):
+        best_of_rates([warm, _other_rate(tmp_path, "warm1", {f"s{i}": 7.0 for i in range(5)}, warmup_steps=1)])
     with pytest.raises(ModelConfigError, match="the rate 0.001 again"):
         best_of_rates([a, _other_rate(tmp_path, "same", {f"s{i}": 7.0 for i in range(5)}, lr=1e-3)])
     with pytest.raises(ModelConfigError, match="does not exist"):
@@ -409,6 +424,46 @@ def test_best_rate_reference_against_a_hand_count(tmp_path, capsys):
         main(["--best-of", str(a), str(hi)])
     with pytest.raises(SystemExit):
         main(["--best-of", str(a), str(hi), "--pool", str(a), str(b), "--out", str(tmp_path / "x")])
+
+
+def test_standalone_warmup_is_part_of_the_recipe_and_the_loss_curve_is_recorded(shakespeare, tmp_path,
+                                                                                 monkeypatch):
+    cfg = load_rank_config(_tiny_rank(tmp_path, shakespeare, monkeypatch))
+    run_rank(cfg, quiet=True, standalone_only=True)
+    where = tmp_path / "rank" / "standalone"
+    first = {p.name: json.loads(p.read_text()) for p in where.glob("*.json")}
+    # The default is the supernet's warmup (1 step in the tiny config), recorded with the run,
+    # and each run's training loss: one point for its 6 steps (every 50 and the last).
+    assert all(r["warmup_steps"] == 1 and [s for s, _ in r["train_loss"]] == [6] for r in first.values())
+    # Another warmup is not silently reused; in its own out it trains otherwise.
+    with pytest.raises(ModelConfigError, match=r"lr, seed, warmup \(6, 4, 0.001, \d+, 1\), not \(6, 4, "
+                                               r"0.001, \d+, 4\)"):
+        run_rank(replace(cfg, warmup_steps=4), quiet=True, standalone_only=True)
+    warm = run_rank(replace(cfg, warmup_steps=4, out=str(tmp_path / "warm")), quiet=True, standalone_only=True)
+    assert all(r["warmup_steps"] == 4 for r in warm["standalone"])
+    assert all(r["standalone_ppl"] != first[f"{r['key']}.json"]["standalone_ppl"] for r in warm["standalone"])
+    with pytest.raises(ValueError, match="warmup_steps must be 0 or more"):
+        replace(cfg, warmup_steps=-1)
+
+    # The curve against an independent count: step 1's loss is the untrained model's cross
+    # entropy on the first batch, drawn as the trainer draws it; a window's mean is the mean of
+    # its steps.
+    sub = SubnetConfig.from_dict(next(iter(first.values()))["subnet"])
+    train_cfg = _standalone_train(load_run_config(tmp_path / "super.toml").train, 1e-3)
+    each, pairs = [], []
+    train_standalone(sub, shakespeare.train, steps=6, batch_size=4, train_cfg=train_cfg, seed=3, curve=each,
+                     curve_every=1)
+    train_standalone(sub, shakespeare.train, steps=5, batch_size=4, train_cfg=train_cfg, seed=3, curve=pairs,
+                     curve_every=2)
+    torch.manual_seed(3)
+    x, y = random_batch(shakespeare.train, 4, sub.context_len, torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        step1 = torch.nn.functional.cross_entropy(Transformer(sub)(x).flatten(0, 1), y.flatten()).item()
+    assert [s for s, _ in each] == [1, 2, 3, 4, 5, 6] and each[0][1] == pytest.approx(step1, rel=1e-6)
+    # A 5-step run's cosine differs from step 2 on, but its first two steps are the 6-step run's
+    # (step 1 is the whole 1-step warmup): its first window is their mean; the last is short.
+    assert [s for s, _ in pairs] == [2, 4, 5]
+    assert pairs[0][1] == pytest.approx((each[0][1] + each[1][1]) / 2, rel=1e-6)
 
 
 def test_a_bad_rank_config_is_one_line(tmp_path, capsys):
