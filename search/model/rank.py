@@ -21,7 +21,8 @@ for the further fine-tunes of ``finetune_seeds``) are kept per supernet
 checkpoint, since they start from its weights, and record their steps, rate,
 warmup, batch and seed: one made otherwise than the config asks is an error.
 ``--standalone-only`` stops after the standalone training (the supernet need
-not exist yet).
+not exist yet); with ``--only KEY ...`` it trains just those subnets of the draw,
+each with the seed it has in the set (a pilot of another recipe).
 
 One standalone run per subnet is a noisy reference: with ``standalone_seeds
 = n`` > 1 each subnet is also trained with n - 1 more seeds
@@ -371,9 +372,12 @@ def _check_cached(path: pathlib.Path, steps: int, batch: int, lr: float, seed: i
                                f"{(steps, batch, lr, seed, warmup)}; use another out")
 
 
-def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False, quiet: bool = False) -> dict:
+def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False, quiet: bool = False,
+             only=None) -> dict:
     """Train the standalone subnets (skipping finished ones) and, unless
-    ``standalone_only``, compare them with the supernet; returns the summary."""
+    ``standalone_only``, compare them with the supernet; returns the summary.
+    ``only`` (subnet keys; ``standalone_only`` runs) trains just those subnets of
+    the draw, each with the seed it has in the whole set (a pilot of a recipe)."""
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     run = load_run_config(cfg.supernet_config)
     corpus = load_corpus(run.train.corpus, run.train.corpus_path or None)
@@ -383,6 +387,15 @@ def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False
         say(f"warning: standalone training sees fewer tokens ({steps} x {batch} sequences) than the "
             f"supernet gave each subnet ({run.train.steps} x {run.train.batch_size})")
     subs = pick_subnets(space, cfg.subnets, weight_kib=cfg.weight_kib, mac_band=cfg.mac_band, seed=cfg.seed)
+    picked = range(len(subs))
+    if only is not None:
+        if not standalone_only:
+            raise ModelConfigError("only trains a part of the set: use it with --standalone-only")
+        keys = [s.key() for s in subs]
+        if missing := [k for k in only if k not in keys]:
+            raise ModelConfigError(f"subnet key(s) {', '.join(missing)} are not in this config's draw; "
+                                   f"its keys: {', '.join(keys)}")
+        picked = [i for i, k in enumerate(keys) if k in only]
     out = pathlib.Path(cfg.out)
     where = out / "standalone"
     where.mkdir(parents=True, exist_ok=True)
@@ -390,7 +403,7 @@ def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False
     result_path = lambda s, r: where / f"{replica_stem(s.key(), r)}.json"
     # Replica by replica: an interrupted run has whole replicas done, so it can also be
     # finished with fewer seeds.
-    runs = [(i, s, r) for r in replicas for i, s in enumerate(subs)]
+    runs = [(i, subs[i], r) for r in replicas for i in picked]
     todo = [(i, s, r) for i, s, r in runs if not result_path(s, r).exists()]
     recipe = _standalone_train(run.train, cfg.lr, cfg.warmup_steps)
     lr = recipe.lr
@@ -416,7 +429,7 @@ def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False
             for i, job in enumerate(jobs):
                 say(_progress(i, len(jobs), _standalone_job(job)))
         say(f"standalone training: {time.perf_counter() - t0:.0f} s")
-    results = [[json.loads(result_path(s, r).read_text()) for r in replicas] for s in subs]
+    results = [[json.loads(result_path(subs[i], r).read_text()) for r in replicas] for i in picked]
     if standalone_only:
         return {"standalone": [rs[0] for rs in results],
                 **({"replicas": results} if cfg.standalone_seeds > 1 else {})}
@@ -925,6 +938,8 @@ def main(argv=None):
     parser.add_argument("--out", help="output directory (overrides [rank] out)")
     parser.add_argument("--workers", type=int, default=1, help="standalone trainings at once (processes)")
     parser.add_argument("--standalone-only", action="store_true", help="stop after the standalone training")
+    parser.add_argument("--only", nargs="+", metavar="KEY",
+                        help="with --standalone-only: train just these subnets of the draw (their keys)")
     parser.add_argument("--pool", nargs="+", metavar="DIR",
                         help="instead: pool the table.json of these ranking outputs into --out")
     parser.add_argument("--best-of", nargs="+", metavar="DIR",
@@ -943,7 +958,7 @@ def main(argv=None):
         cfg = load_rank_config(args.config)
         if args.out:
             cfg = replace(cfg, out=args.out)
-        run_rank(cfg, workers=args.workers, standalone_only=args.standalone_only)
+        run_rank(cfg, workers=args.workers, standalone_only=args.standalone_only, only=args.only)
         if not args.standalone_only:
             print((pathlib.Path(cfg.out) / "table.md").read_text())
     return run_command(work, resume="rerun the same command to resume (finished subnets are kept)")

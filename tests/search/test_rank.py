@@ -426,8 +426,7 @@ def test_best_rate_reference_against_a_hand_count(tmp_path, capsys):
         main(["--best-of", str(a), str(hi), "--pool", str(a), str(b), "--out", str(tmp_path / "x")])
 
 
-def test_standalone_warmup_is_part_of_the_recipe_and_the_loss_curve_is_recorded(shakespeare, tmp_path,
-                                                                                 monkeypatch):
+def test_standalone_recipe_loss_curve_and_pilot(shakespeare, tmp_path, monkeypatch):
     cfg = load_rank_config(_tiny_rank(tmp_path, shakespeare, monkeypatch))
     run_rank(cfg, quiet=True, standalone_only=True)
     where = tmp_path / "rank" / "standalone"
@@ -444,6 +443,19 @@ def test_standalone_warmup_is_part_of_the_recipe_and_the_loss_curve_is_recorded(
     assert all(r["standalone_ppl"] != first[f"{r['key']}.json"]["standalone_ppl"] for r in warm["standalone"])
     with pytest.raises(ValueError, match="warmup_steps must be 0 or more"):
         replace(cfg, warmup_steps=-1)
+
+    # A pilot of one subnet (--only) trains it alone, with the seed it has in the set, to the
+    # same result as the whole set's run.
+    key = sorted(first)[2].removesuffix(".json")
+    pilot = run_rank(replace(cfg, out=str(tmp_path / "pilot")), quiet=True, standalone_only=True, only=[key])
+    assert [r["key"] for r in pilot["standalone"]] == [key]
+    assert pilot["standalone"][0]["standalone_ppl"] == first[f"{key}.json"]["standalone_ppl"]
+    assert pilot["standalone"][0]["seed"] == first[f"{key}.json"]["seed"]
+    assert len(list((tmp_path / "pilot" / "standalone").glob("*.json"))) == 1
+    with pytest.raises(ModelConfigError, match="beef are not in this config's draw; its keys: "):
+        run_rank(cfg, quiet=True, standalone_only=True, only=["beef"])
+    with pytest.raises(ModelConfigError, match="use it with --standalone-only"):
+        run_rank(cfg, quiet=True, only=[key])
 
     # The curve against an independent count: step 1's loss is the untrained model's cross
     # entropy on the first batch, drawn as the trainer draws it; a window's mean is the mean of
