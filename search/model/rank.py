@@ -409,15 +409,16 @@ def run_rank(cfg: RankConfig, *, workers: int = 1, standalone_only: bool = False
     lr = recipe.lr
     for i, s, r in runs:
         if (i, s, r) not in todo:
-            _check_cached(result_path(s, r), steps, batch, lr, replica_seed(cfg.seed, i, r), recipe.warmup_steps)
+            _check_cached(result_path(s, r), steps, batch, lr, replica_seed(cfg.seed, i, r),
+                          recipe.warmup_steps)
     say(f"{len(subs)} subnets <= {cfg.weight_kib:g} KiB int8, MACs/token "
         f"{min(macs_per_token(s, s.context_len) for s in subs):,.0f}-"
         f"{max(macs_per_token(s, s.context_len) for s in subs):,.0f}; "
         + (f"{cfg.standalone_seeds} seeds each; " if cfg.standalone_seeds > 1 else "")
         + f"{len(runs) - len(todo)} trained, "
         f"{len(todo)} to train ({steps} steps x {batch} x {space.context_len} tokens each, {workers} worker(s))")
-    jobs = [(s.to_dict(), str(where), cfg.supernet_config, steps, batch, cfg.lr, cfg.warmup_steps, cfg.eval_tokens,
-             replica_seed(cfg.seed, i, r), cfg.threads, r) for i, s, r in todo]
+    jobs = [(s.to_dict(), str(where), cfg.supernet_config, steps, batch, cfg.lr, cfg.warmup_steps,
+             cfg.eval_tokens, replica_seed(cfg.seed, i, r), cfg.threads, r) for i, s, r in todo]
     if jobs:
         t0 = time.perf_counter()
         if workers > 1:
@@ -700,9 +701,9 @@ def pool_tables(dirs, *, bootstrap: int = 2000, seed: int = 0) -> dict:
     first = tables[0]["summary"]
     for d, t in zip(dirs[1:], tables[1:]):
         # The warmup is compared where both tables record it (older ones are taken at their word).
-        both = [k for k in ("standalone_warmup",) if k in t["summary"] and k in first]
-        had = {k: t["summary"][k] for k in POOL_MUST_AGREE + tuple(both)}
-        want = {k: first[k] for k in POOL_MUST_AGREE + tuple(both)}
+        keys = POOL_MUST_AGREE + (("standalone_warmup",) if "standalone_warmup" in t["summary"].keys() & first
+                                  else ())
+        had, want = {k: t["summary"][k] for k in keys}, {k: first[k] for k in keys}
         if had != want:
             raise ModelConfigError(f"{d} was ranked with {had}, {dirs[0]} with {want}: not poolable")
     fts = [t["summary"].get("finetuned") for t in tables]

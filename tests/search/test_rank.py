@@ -338,6 +338,13 @@ def test_pooling_tables_against_a_hand_count(tmp_path, capsys):
     c = _table(tmp_path, "c", [_row("c0", 1, 1, 1), _row("c1", 2, 2, 2), _row("c2", 3, 3, 3)], standalone_lr=2e-3)
     with pytest.raises(ModelConfigError, match="not poolable"):
         pool_tables([a, c])
+    # Another warmup is other standalone training too; a table that does not record one
+    # (from before the key) is taken at its word.
+    w5, w1 = ([_row(f"{n}{i}", i, i, i) for i in range(3)] for n in ("w", "v"))
+    w5, w1 = _table(tmp_path, "w5", w5, standalone_warmup=5), _table(tmp_path, "w1", w1, standalone_warmup=1)
+    with pytest.raises(ModelConfigError, match="not poolable"):
+        pool_tables([w5, w1])
+    assert pool_tables([a, w5])["summary"]["subnets"] == 6
     with pytest.raises(ModelConfigError, match="more than one table"):
         pool_tables([a, a])
     with pytest.raises(ModelConfigError, match="at least two"):
