@@ -50,6 +50,23 @@ def test_subnets_fit_the_budget_in_a_band_of_macs():
         pick_subnets(space, 10, weight_kib=1, mac_band=2, seed=0)
 
 
+def test_shipped_rank_configs_draw_the_default_set():
+    """The long reference trains the default's own subnets (same space, seed, budget and
+    band), only longer and at its own rate; the held-out set is another draw."""
+    cfgs = {p.stem: load_rank_config(p) for p in sorted(CONFIGS.glob("rank_*.toml"))}
+    assert {"rank_default", "rank_heldout", "rank_long"} <= set(cfgs)
+
+    def draw(c):
+        space = replace(load_run_config(CONFIGS.parent / c.supernet_config).space, vocab_size=85)
+        return pick_subnets(space, c.subnets, weight_kib=c.weight_kib, mac_band=c.mac_band, seed=c.seed)
+
+    default, long = cfgs["rank_default"], cfgs["rank_long"]
+    assert draw(long) == draw(default)
+    assert not set(draw(cfgs["rank_heldout"])) & set(draw(default))
+    run = load_run_config(CONFIGS.parent / long.supernet_config)
+    assert long.steps == 3 * run.train.steps and long.lr == 3e-3 and long.out != default.out
+
+
 def _tiny_rank(tmp_path, shakespeare, monkeypatch, extra=""):
     """A 6-step supernet of a tiny space and a [rank] TOML of 4 subnets for it."""
     (tmp_path / "super.toml").write_text(f"""
